@@ -1,0 +1,71 @@
+"""The T5 architecture as one plain, gin-configurable, JSON-serialisable dataclass.
+
+The same record is stored beside every checkpoint, so commands that load a checkpoint need no size gin file.
+"""
+
+import dataclasses
+import json
+
+import gin
+
+ACTIVATIONS = ("gelu", "relu", "silu", "linear")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """T5 hyperparameters. Defaults are T5.1.1 / Flan-T5 small."""
+
+  vocab_size: int = 32128
+  d_model: int = 512
+  d_ff: int = 1024
+  num_heads: int = 6
+  d_kv: int = 64
+  num_encoder_layers: int = 8
+  num_decoder_layers: int = 8
+  # ("gelu", "linear") is T5.1.1's gated GELU; ("relu",) is the original T5's MLP.
+  mlp_activations: tuple = ("gelu", "linear")
+  # Original T5 ties input and output embeddings and scales decoder outputs by d_model**-0.5.
+  tie_embeddings: bool = False
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  dropout_rate: float = 0.0
+  layer_norm_epsilon: float = 1e-6
+  # Activation dtype; parameters always stay float32.
+  dtype: str = "float32"
+  # Rematerialise each layer in the backward pass to save activation memory.
+  remat: bool = False
+
+  def __post_init__(self):
+    object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
+    for act in self.mlp_activations:
+      if act not in ACTIVATIONS:
+        raise ValueError(f"unknown MLP activation {act!r}; expected one of {ACTIVATIONS}")
+    if self.dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"dtype must be 'float32' or 'bfloat16', not {self.dtype!r}")
+    for name in ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers",
+                 "num_decoder_layers", "relative_attention_num_buckets", "relative_attention_max_distance"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
+
+  def to_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["mlp_activations"] = list(self.mlp_activations)
+    return d
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "T5Config":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"unknown T5Config fields {unknown}")
+    return cls(**d)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  def architecture_diff(self, other: "T5Config") -> list[str]:
+    """Fields that change parameter shapes or meaning (dropout, dtype and remat do not)."""
+    runtime_only = {"dropout_rate", "dtype", "remat"}
+    a, b = self.to_dict(), other.to_dict()
+    return [f"{k}: {a[k]} != {b[k]}" for k in sorted(a) if k not in runtime_only and a[k] != b[k]]

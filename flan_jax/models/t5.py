@@ -1,0 +1,289 @@
+"""T5 encoder-decoder in Flax linen, with t5x's parameter names and logical axis annotations.
+
+Covers T5.1.1 / Flan-T5 (gated GELU, untied output layer) and the original T5 (ReLU, tied embeddings with
+d_model**-0.5 output scaling). Inputs may be packed: segment ids keep attention inside each example.
+
+Linen rather than nnx: its parameter trees are plain nested dicts whose paths are t5x's checkpoint names, and
+`nn.with_logical_partitioning` gives every parameter the logical axes the partitioner maps onto the mesh.
+"""
+
+import functools
+import math
+import operator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flan_jax.models.config import T5Config
+
+NEG_INF = -1e10
+
+ACTIVATION_FNS = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=True),  # HF's gelu_new, t5x's nn.gelu
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "linear": lambda x: x,
+}
+
+
+def constrain(x, axes):
+  """Logical sharding constraint on an activation (a no-op outside a mesh with axis rules)."""
+  return nn.with_logical_constraint(x, axes)
+
+
+def relative_position_buckets(q_len: int, k_len: int, bidirectional: bool, num_buckets: int,
+                              max_distance: int, q_offset: int = 0) -> np.ndarray:
+  """[q_len, k_len] bucket ids of (key position - query position), as in Mesh TF / HF T5.
+
+  Computed in numpy float32 at trace time: shapes are static and positions within a packed segment differ
+  exactly as in the unpacked example, so the table is shared by packed and unpacked inputs.
+  """
+  relative = np.arange(k_len)[None, :] - (np.arange(q_len)[:, None] + q_offset)
+  buckets = np.zeros_like(relative)
+  if bidirectional:
+    num_buckets //= 2
+    buckets += (relative > 0).astype(relative.dtype) * num_buckets
+    distance = np.abs(relative)
+  else:
+    distance = -np.minimum(relative, 0)
+  max_exact = num_buckets // 2
+  with np.errstate(divide="ignore"):
+    scaled = (np.log(distance.astype(np.float32) / np.float32(max_exact))
+              / np.float32(math.log(max_distance / max_exact)) * np.float32(num_buckets - max_exact))
+  large = max_exact + np.where(distance < max_exact, 0, scaled).astype(np.int64)
+  large = np.minimum(large, num_buckets - 1)
+  return buckets + np.where(distance < max_exact, distance, large)
+
+
+def _init(stddev):
+  return nn.initializers.normal(stddev=stddev)
+
+
+class Dense(nn.Module):
+  """Bias-free projection whose kernel is stored 2D (in, out) like t5x checkpoints."""
+  features: int
+  axes: tuple
+  stddev: float
+  dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.with_logical_partitioning(_init(self.stddev), self.axes),
+                        (x.shape[-1], self.features), jnp.float32)
+    return jnp.dot(x, kernel.astype(self.dtype))
+
+
+class RMSNorm(nn.Module):
+  """T5's layer norm: scale only, no mean subtraction, no bias; computed in float32."""
+  epsilon: float
+  dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                       (x.shape[-1],), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+    return (x32 * scale).astype(self.dtype)
+
+
+class Embed(nn.Module):
+  """Token embedding; `attend` is the tied output projection of the original T5."""
+  vocab_size: int
+  features: int
+  dtype: str = "float32"
+
+  def setup(self):
+    self.embedding = self.param(
+        "embedding", nn.with_logical_partitioning(_init(1.0), ("vocab", "embed")),
+        (self.vocab_size, self.features), jnp.float32)
+
+  def __call__(self, tokens):
+    return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+
+  def attend(self, x):
+    return jnp.dot(x, self.embedding.astype(self.dtype).T)
+
+
+class RelativePositionBias(nn.Module):
+  """One learned bias per (head, bucket), shared by all layers of a stack."""
+  config: T5Config
+  bidirectional: bool
+
+  @nn.compact
+  def __call__(self, q_len, k_len):
+    c = self.config
+    table = self.param(
+        "rel_embedding",
+        nn.with_logical_partitioning(nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+                                     ("heads", "relpos_buckets")),
+        (c.num_heads, c.relative_attention_num_buckets), jnp.float32)
+    buckets = relative_position_buckets(q_len, k_len, self.bidirectional, c.relative_attention_num_buckets,
+                                        c.relative_attention_max_distance)
+    return table[:, buckets][None]  # [1, heads, q, k]
+
+
+class Attention(nn.Module):
+  """Multi-head dot-product attention without logit scaling (T5 folds 1/sqrt(d_kv) into the init)."""
+  config: T5Config
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, inputs_q, inputs_kv, bias):
+    c = self.config
+    inner = c.num_heads * c.d_kv
+    proj = functools.partial(Dense, inner, ("embed", "joined_kv"), dtype=c.dtype)
+    q = proj(stddev=(c.d_model * c.d_kv) ** -0.5, name="query")(inputs_q)
+    k = proj(stddev=c.d_model ** -0.5, name="key")(inputs_kv)
+    v = proj(stddev=c.d_model ** -0.5, name="value")(inputs_kv)
+    split = lambda x: constrain(x.reshape(x.shape[:2] + (c.num_heads, c.d_kv)), ("batch", "length", "heads", "kv"))
+    q, k, v = split(q), split(k), split(v)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias
+    weights = jax.nn.softmax(logits, axis=-1).astype(c.dtype)
+    weights = nn.Dropout(c.dropout_rate)(weights, deterministic=self.deterministic)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(inputs_q.shape[:2] + (inner,))
+    out = constrain(out, ("batch", "length", "joined_kv"))
+    return Dense(c.d_model, ("joined_kv", "embed"), inner ** -0.5, dtype=c.dtype, name="out")(out)
+
+
+class MLP(nn.Module):
+  """Feed-forward block; several activations are multiplied together (gated GELU = gelu(wi_0) * wi_1)."""
+  config: T5Config
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.config
+    acts = c.mlp_activations
+    hidden = []
+    for i, act in enumerate(acts):
+      name = "wi" if len(acts) == 1 else f"wi_{i}"
+      h = Dense(c.d_ff, ("embed", "mlp"), c.d_model ** -0.5, dtype=c.dtype, name=name)(x)
+      hidden.append(ACTIVATION_FNS[act](h))
+    h = functools.reduce(operator.mul, hidden)
+    h = nn.Dropout(c.dropout_rate)(h, deterministic=self.deterministic)
+    h = constrain(h, ("batch", "length", "mlp"))
+    return Dense(c.d_model, ("mlp", "embed"), c.d_ff ** -0.5, dtype=c.dtype, name="wo")(h)
+
+
+class EncoderLayer(nn.Module):
+  config: T5Config
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x, bias):
+    c = self.config
+    drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=self.deterministic)
+    h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_attention_layer_norm")(x)
+    x = x + drop(Attention(c, self.deterministic, name="attention")(h, h, bias))
+    h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_mlp_layer_norm")(x)
+    x = x + drop(MLP(c, self.deterministic, name="mlp")(h))
+    return constrain(x, ("batch", "length", "embed"))
+
+
+class DecoderLayer(nn.Module):
+  config: T5Config
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x, encoded, self_bias, cross_bias):
+    c = self.config
+    drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=self.deterministic)
+    h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_self_attention_layer_norm")(x)
+    x = x + drop(Attention(c, self.deterministic, name="self_attention")(h, h, self_bias))
+    h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_cross_attention_layer_norm")(x)
+    x = x + drop(Attention(c, self.deterministic, name="encoder_decoder_attention")(h, encoded, cross_bias))
+    h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_mlp_layer_norm")(x)
+    x = x + drop(MLP(c, self.deterministic, name="mlp")(h))
+    return constrain(x, ("batch", "length", "embed"))
+
+
+def attention_bias(q_valid, k_valid, q_segments=None, k_segments=None, causal=False):
+  """Additive [batch, 1, q, k] mask: 0 where a query may attend a key, NEG_INF elsewhere."""
+  mask = q_valid[:, :, None] & k_valid[:, None, :]
+  if q_segments is not None:
+    mask &= q_segments[:, :, None] == k_segments[:, None, :]
+  if causal:
+    mask &= jnp.tril(jnp.ones((q_valid.shape[1], k_valid.shape[1]), bool))[None]
+  return jnp.where(mask, 0.0, NEG_INF)[:, None].astype(jnp.float32)
+
+
+def _layer_class(cls, config):
+  return nn.remat(cls) if config.remat else cls
+
+
+class Encoder(nn.Module):
+  config: T5Config
+  embedder: nn.Module
+
+  @nn.compact
+  def __call__(self, tokens, segment_ids=None, enable_dropout=False):
+    c = self.config
+    deterministic = not enable_dropout
+    length = tokens.shape[1]
+    valid = tokens > 0
+    bias = attention_bias(valid, valid, segment_ids, segment_ids)
+    bias = bias + RelativePositionBias(c, bidirectional=True, name="relpos_bias")(length, length)
+    x = nn.Dropout(c.dropout_rate)(self.embedder(tokens), deterministic=deterministic)
+    x = constrain(x, ("batch", "length", "embed"))
+    layer = _layer_class(EncoderLayer, c)
+    for i in range(c.num_encoder_layers):
+      x = layer(c, deterministic, name=f"layers_{i}")(x, bias)
+    x = RMSNorm(c.layer_norm_epsilon, c.dtype, name="encoder_norm")(x)
+    return nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+  config: T5Config
+  embedder: nn.Module
+
+  @nn.compact
+  def __call__(self, encoded, encoder_tokens, decoder_input_tokens, decoder_target_tokens,
+               encoder_segment_ids=None, decoder_segment_ids=None, enable_dropout=False):
+    c = self.config
+    deterministic = not enable_dropout
+    length = decoder_input_tokens.shape[1]
+    # Decoder inputs start with token 0 (= pad), so padding is read off the targets, as t5x does.
+    dec_valid = decoder_target_tokens > 0
+    self_bias = attention_bias(dec_valid, dec_valid, decoder_segment_ids, decoder_segment_ids, causal=True)
+    self_bias = self_bias + RelativePositionBias(c, bidirectional=False, name="relpos_bias")(length, length)
+    cross_bias = attention_bias(dec_valid, encoder_tokens > 0, decoder_segment_ids, encoder_segment_ids)
+    x = nn.Dropout(c.dropout_rate)(self.embedder(decoder_input_tokens), deterministic=deterministic)
+    x = constrain(x, ("batch", "length", "embed"))
+    layer = _layer_class(DecoderLayer, c)
+    for i in range(c.num_decoder_layers):
+      x = layer(c, deterministic, name=f"layers_{i}")(x, encoded, self_bias, cross_bias)
+    x = RMSNorm(c.layer_norm_epsilon, c.dtype, name="decoder_norm")(x)
+    x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
+    if c.tie_embeddings:
+      logits = self.embedder.attend(x * (c.d_model ** -0.5))
+    else:
+      logits = Dense(c.vocab_size, ("embed", "vocab"), c.d_model ** -0.5, dtype=c.dtype, name="logits_dense")(x)
+    return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+
+class T5(nn.Module):
+  """Encoder-decoder taking the features of seqio's EncDecFeatureConverter; returns float32 logits."""
+  config: T5Config
+
+  def setup(self):
+    c = self.config
+    self.token_embedder = Embed(c.vocab_size, c.d_model, c.dtype)
+    self.encoder = Encoder(c, self.token_embedder)
+    self.decoder = Decoder(c, self.token_embedder)
+
+  def encode(self, encoder_input_tokens, encoder_segment_ids=None, enable_dropout=False):
+    return self.encoder(encoder_input_tokens, encoder_segment_ids, enable_dropout)
+
+  def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+             encoder_segment_ids=None, decoder_segment_ids=None, enable_dropout=False):
+    return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+                        encoder_segment_ids, decoder_segment_ids, enable_dropout)
+
+  def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+               encoder_segment_ids=None, decoder_segment_ids=None, enable_dropout=False, **unused_features):
+    encoded = self.encode(encoder_input_tokens, encoder_segment_ids, enable_dropout)
+    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+                       encoder_segment_ids, decoder_segment_ids, enable_dropout)
