@@ -287,3 +287,23 @@ class T5(nn.Module):
     encoded = self.encode(encoder_input_tokens, encoder_segment_ids, enable_dropout)
     return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
                        encoder_segment_ids, decoder_segment_ids, enable_dropout)
+
+
+def dummy_features(batch: int = 1, length: int = 1) -> dict:
+  """Smallest batch that initialises every parameter (shapes do not depend on lengths)."""
+  tokens = jnp.ones((batch, length), jnp.int32)
+  return dict(encoder_input_tokens=tokens, decoder_input_tokens=tokens, decoder_target_tokens=tokens)
+
+
+def init_variables(config: T5Config, rng) -> dict:
+  """Variables with their logical-axis boxes (flax `LogicallyPartitioned`), for the partitioner."""
+  return T5(config).init(rng, **dummy_features())
+
+
+def abstract_variables(config: T5Config) -> dict:
+  """Shapes, dtypes and logical axes of every parameter, without allocating them."""
+  return jax.eval_shape(lambda: init_variables(config, jax.random.key(0)))
+
+
+def param_count(config: T5Config) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(abstract_variables(config))))

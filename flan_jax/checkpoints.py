@@ -1,0 +1,92 @@
+"""Orbax checkpoints: a directory of numbered steps, each holding `params`, optionally `opt_state`, and `meta`.
+
+`meta` is JSON: the model config, the vocabulary and (during training) the data-stream position, so any
+command can load a checkpoint without a size gin file. Orbax writes each step to a temporary directory and
+renames it when complete, so an interrupted save never leaves a step that restores wrongly.
+"""
+
+import os
+import re
+
+import orbax.checkpoint as ocp
+from etils import epath
+
+from flan_jax.errors import UserError
+from flan_jax.models import T5Config
+
+PARAMS, OPT_STATE, META = "params", "opt_state", "meta"
+VOCAB_FILE = "spiece.model"
+
+
+def manager(directory: str, max_to_keep: int | None = None, best_metric: str | None = None,
+            best_mode: str = "max", create: bool = True) -> ocp.CheckpointManager:
+  """Keeps the last `max_to_keep` steps, or with `best_metric` the best ones by that metric."""
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=create,
+      best_fn=(lambda metrics: metrics[best_metric]) if best_metric else None,
+      best_mode=best_mode, keep_checkpoints_without_metrics=True)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_names=(PARAMS, OPT_STATE, META))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, params, meta: dict, opt_state=None, metrics=None,
+         wait: bool = True) -> None:
+  items = {PARAMS: ocp.args.StandardSave(params), META: ocp.args.JsonSave(meta)}
+  if opt_state is not None:
+    items[OPT_STATE] = ocp.args.StandardSave(opt_state)
+  mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+  if wait:
+    mngr.wait_until_finished()
+
+
+def locate(path: str) -> tuple[str, int]:
+  """(checkpoint root, step) for a root directory (its latest step) or one step's directory."""
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise UserError(f"checkpoint not found: {path} does not exist")
+  name = os.path.basename(path)
+  if re.fullmatch(r"\d+", name) and os.path.isdir(os.path.join(path, META)):
+    return os.path.dirname(path), int(name)
+  steps = [int(d) for d in os.listdir(path)
+           if re.fullmatch(r"\d+", d) and os.path.isdir(os.path.join(path, d, META))]
+  if not steps:
+    raise UserError(f"{path} holds no flan-jax checkpoint (no <step>/meta directory)")
+  return path, max(steps)
+
+
+def read_meta(path: str) -> tuple[str, int, dict]:
+  root, step = locate(path)
+  meta = ocp.JsonCheckpointHandler().restore(epath.Path(root) / str(step) / META)
+  if "model_config" not in meta:
+    raise UserError(f"{root}/{step} is not a flan-jax checkpoint: its meta has no model_config")
+  return root, step, meta
+
+
+def model_config(meta: dict) -> T5Config:
+  return T5Config.from_dict(meta["model_config"])
+
+
+def vocabulary_path(root: str, meta: dict) -> str | None:
+  """The vocabulary stored beside the checkpoint, else the path recorded in its meta."""
+  local = os.path.join(root, VOCAB_FILE)
+  if os.path.isfile(local):
+    return local
+  return meta.get("vocabulary")
+
+
+def restore(path: str, abstract_params=None, abstract_opt_state=None):
+  """(params, opt_state or None, meta, step). Abstract targets carry shardings for a sharded restore."""
+  root, step, meta = read_meta(path)
+  items = {PARAMS: ocp.args.StandardRestore(abstract_params)}
+  has_opt = os.path.isdir(os.path.join(root, str(step), OPT_STATE))
+  if abstract_opt_state is not None:
+    if not has_opt:
+      raise UserError(f"{root}/{step} has no optimizer state to resume from")
+    items[OPT_STATE] = ocp.args.StandardRestore(abstract_opt_state)
+  with ocp.CheckpointManager(root, item_names=(PARAMS, OPT_STATE, META),
+                             options=ocp.CheckpointManagerOptions(create=False, read_only=True)) as mngr:
+    try:
+      restored = mngr.restore(step, args=ocp.args.Composite(**items))
+    except (ValueError, KeyError) as e:
+      raise UserError(f"checkpoint {root}/{step} does not fit the model: {str(e).splitlines()[0]}") from e
+  return restored[PARAMS], restored.get(OPT_STATE) if abstract_opt_state is not None else None, meta, step

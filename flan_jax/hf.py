@@ -1,0 +1,178 @@
+"""HuggingFace T5 folders <-> flan-jax checkpoints, without torch.
+
+One table (`weight_map`) names, for a config, which HF tensor each of our parameters is and whether it is
+transposed (torch Linear stores (out, in); our kernels are (in, out)); import and export both read it.
+"""
+
+import glob
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+from safetensors import safe_open
+
+from flan_jax import checkpoints
+from flan_jax.errors import UserError
+from flan_jax.models import T5Config
+
+# HF feed_forward_proj <-> our MLP activations. HF's gated-gelu uses gelu_new (tanh), as ours does.
+HF_ACTIVATIONS = {
+    "gated-gelu": ("gelu", "linear"),
+    "relu": ("relu",),
+    "gated-relu": ("relu", "linear"),
+    "gated-silu": ("silu", "linear"),
+    "silu": ("silu",),
+}
+
+
+def config_from_hf(hf: dict) -> T5Config:
+  """Our T5Config from a HF config.json dict; raises UserError for what we cannot represent."""
+  if hf.get("model_type") != "t5":
+    raise UserError(f"not a T5 config: model_type is {hf.get('model_type')!r}, expected 't5'")
+  proj = hf.get("feed_forward_proj", "relu")
+  if proj not in HF_ACTIVATIONS:
+    raise UserError(f"unsupported feed_forward_proj {proj!r}; supported: {sorted(HF_ACTIVATIONS)}")
+  # transformers 4 writes tie_word_embeddings=false for untied T5; transformers 5 writes scale_decoder_outputs.
+  tied = hf.get("tie_word_embeddings", True) is not False and hf.get("scale_decoder_outputs", True) is not False
+  try:
+    return T5Config(
+        vocab_size=hf["vocab_size"], d_model=hf["d_model"], d_ff=hf["d_ff"], num_heads=hf["num_heads"],
+        d_kv=hf["d_kv"], num_encoder_layers=hf["num_layers"],
+        num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"],
+        mlp_activations=HF_ACTIVATIONS[proj], tie_embeddings=tied,
+        relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
+        relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
+        dropout_rate=hf.get("dropout_rate", 0.1), layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6))
+  except KeyError as e:
+    raise UserError(f"T5 config.json lacks the key {e.args[0]!r}") from e
+
+
+def weight_map(config: T5Config) -> dict[tuple, tuple[str, bool]]:
+  """Our parameter path -> (HF tensor name, transposed?)."""
+  m = {("token_embedder", "embedding"): ("shared.weight", False)}
+  mlp_names = ["wi"] if len(config.mlp_activations) == 1 else [f"wi_{i}" for i in range(len(config.mlp_activations))]
+
+  def attention(path, hf, kind):
+    for ours, theirs in (("query", "q"), ("key", "k"), ("value", "v"), ("out", "o")):
+      m[path + (ours, "kernel")] = (f"{hf}.{kind}.{theirs}.weight", True)
+
+  def mlp(path, hf):
+    for name in mlp_names + ["wo"]:
+      m[path + ("mlp", name, "kernel")] = (f"{hf}.DenseReluDense.{name}.weight", True)
+
+  for stack, num_layers in (("encoder", config.num_encoder_layers), ("decoder", config.num_decoder_layers)):
+    m[(stack, "relpos_bias", "rel_embedding")] = (
+        f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight", True)
+    m[(stack, f"{stack}_norm", "scale")] = (f"{stack}.final_layer_norm.weight", False)
+    for i in range(num_layers):
+      path, hf = (stack, f"layers_{i}"), f"{stack}.block.{i}.layer"
+      if stack == "encoder":
+        sublayers = [("pre_attention_layer_norm", "attention", "SelfAttention")]
+      else:
+        sublayers = [("pre_self_attention_layer_norm", "self_attention", "SelfAttention"),
+                     ("pre_cross_attention_layer_norm", "encoder_decoder_attention", "EncDecAttention")]
+      for j, (norm, ours, kind) in enumerate(sublayers):
+        m[path + (norm, "scale")] = (f"{hf}.{j}.layer_norm.weight", False)
+        attention(path + (ours,), f"{hf}.{j}", kind)
+      m[path + ("pre_mlp_layer_norm", "scale")] = (f"{hf}.{len(sublayers)}.layer_norm.weight", False)
+      mlp(path, f"{hf}.{len(sublayers)}")
+  if not config.tie_embeddings:
+    m[("decoder", "logits_dense", "kernel")] = ("lm_head.weight", True)
+  return m
+
+
+def _read_json(path: str) -> dict:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise UserError(f"{path} is not valid JSON: {e}") from e
+
+
+def _open_tensors(hf_dir: str) -> dict:
+  """name -> lazy loader, over model.safetensors or its shards. Refuses pickle-only folders."""
+  files = sorted(glob.glob(os.path.join(hf_dir, "*.safetensors")))
+  if not files:
+    pickles = [os.path.basename(p) for p in glob.glob(os.path.join(hf_dir, "*.bin"))]
+    if pickles:
+      raise UserError(f"{hf_dir} holds only pickle weights ({', '.join(pickles)}); flan-jax reads safetensors "
+                      "only. Convert with transformers: T5ForConditionalGeneration.from_pretrained(DIR)"
+                      ".save_pretrained(DIR2, safe_serialization=True)")
+    raise UserError(f"{hf_dir} has no model.safetensors")
+  tensors = {}
+  for path in files:
+    handle = safe_open(path, framework="flax")
+    for name in handle.keys():
+      tensors[name] = (handle, name)
+  return tensors
+
+
+def _to_numpy(handle, name) -> np.ndarray:
+  return np.asarray(handle.get_tensor(name), dtype=np.float32)
+
+
+def read_hf(hf_dir: str) -> tuple[T5Config, dict]:
+  """Config and float32 numpy parameter tree of a HF T5 folder; every shape is checked."""
+  config_path = os.path.join(hf_dir, "config.json")
+  if not os.path.isdir(hf_dir):
+    raise UserError(f"HuggingFace folder not found: {hf_dir}")
+  if not os.path.isfile(config_path):
+    raise UserError(f"{hf_dir} has no config.json")
+  config = config_from_hf(_read_json(config_path))
+  tensors = _open_tensors(hf_dir)
+  from flan_jax.models.t5 import abstract_variables  # jax import deferred: config errors come fast
+  import flax.linen as nn
+  import jax
+  expected = {tuple(k.key for k in path): leaf.shape
+              for path, leaf in jax.tree_util.tree_flatten_with_path(nn.unbox(abstract_variables(config))["params"])[0]}
+  params = {}
+  for path, (name, transpose) in weight_map(config).items():
+    if name not in tensors:
+      raise UserError(f"{hf_dir}: tensor {name} is missing (needed for {'/'.join(path)})")
+    value = _to_numpy(*tensors[name])
+    if transpose:
+      value = value.T
+    if value.shape != expected[path]:
+      raise UserError(f"{hf_dir}: tensor {name} has shape {tuple(value.shape)} but config.json implies "
+                      f"{tuple(expected[path][::-1] if transpose else expected[path])}")
+    node = params
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = value
+  if config.tie_embeddings and "lm_head.weight" in tensors:
+    if not np.array_equal(_to_numpy(*tensors["lm_head.weight"]), params["token_embedder"]["embedding"]):
+      raise UserError(f"{hf_dir}: config says tied embeddings but lm_head.weight differs from shared.weight")
+  return config, params
+
+
+def import_hf(hf_dir: str, out_dir: str, vocabulary: str | None = None) -> str:
+  """Write the HF model at hf_dir as a flan-jax checkpoint (step 0) at out_dir. Returns out_dir.
+
+  The vocabulary is hf_dir/spiece.model unless given; it is copied beside the checkpoint. Written to a
+  temporary sibling directory and renamed at the end, so a failure leaves nothing at out_dir.
+  """
+  out_dir = os.path.abspath(out_dir)
+  if os.path.exists(out_dir) and os.listdir(out_dir):
+    raise UserError(f"{out_dir} already exists and is not empty; choose a new directory")
+  config, params = read_hf(hf_dir)
+  vocabulary = vocabulary or os.path.join(hf_dir, checkpoints.VOCAB_FILE)
+  if not os.path.isfile(vocabulary):
+    raise UserError(f"no vocabulary: {vocabulary} not found (pass --vocab PATH to spiece.model)")
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
+  try:
+    shutil.copyfile(vocabulary, os.path.join(tmp, checkpoints.VOCAB_FILE))
+    meta = {"model_config": config.to_dict(), "vocabulary": os.path.abspath(vocabulary),
+            "source": {"huggingface": os.path.abspath(hf_dir)}}
+    with checkpoints.manager(tmp) as mngr:
+      checkpoints.save(mngr, 0, params, meta)
+    if os.path.exists(out_dir):
+      os.rmdir(out_dir)
+    os.rename(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out_dir

@@ -1,0 +1,17 @@
+"""Shared fixtures: the real data in ../shared/data (or $FLAN_JAX_SHARED_DATA), skipped with a reason if absent."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.environ.get("FLAN_JAX_SHARED_DATA") or os.path.join(REPO, "..", "shared", "data")
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+  if not os.path.isdir(SHARED_DATA):
+    pytest.skip(f"shared data not found at {SHARED_DATA} (set FLAN_JAX_SHARED_DATA)")
+  return os.path.abspath(SHARED_DATA)
