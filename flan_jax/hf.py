@@ -132,11 +132,11 @@ def read_hf(hf_dir: str) -> tuple[T5Config, dict]:
     if name not in tensors:
       raise UserError(f"{hf_dir}: tensor {name} is missing (needed for {'/'.join(path)})")
     value = _to_numpy(*tensors[name])
+    hf_shape = tuple(expected[path][::-1] if transpose else expected[path])
+    if value.shape != hf_shape:
+      raise UserError(f"{hf_dir}: tensor {name} has shape {tuple(value.shape)} but config.json implies {hf_shape}")
     if transpose:
       value = value.T
-    if value.shape != expected[path]:
-      raise UserError(f"{hf_dir}: tensor {name} has shape {tuple(value.shape)} but config.json implies "
-                      f"{tuple(expected[path][::-1] if transpose else expected[path])}")
     node = params
     for key in path[:-1]:
       node = node.setdefault(key, {})

@@ -1,0 +1,125 @@
+"""Parameter counts, vocabulary parity with HF's tokenizer, gin errors and import-hf's refusals."""
+
+import json
+import os
+
+import pytest
+
+from flan_jax import cli, gin_utils
+from flan_jax.errors import UserError
+from flan_jax.models import T5Config
+from flan_jax.models.t5 import param_count
+
+EXPECTED_PARAMS = {
+    "small": 76_961_152, "base": 247_577_856, "large": 783_150_080,
+    "xl": 2_849_757_184, "xxl": 11_135_332_352,
+}
+
+
+@pytest.mark.parametrize("size", sorted(EXPECTED_PARAMS))
+def test_param_counts_exact(size):
+  gin_utils.parse([f"models/{size}.gin"], [])
+  assert param_count(T5Config()) == EXPECTED_PARAMS[size]
+
+
+def test_gin_bad_binding_names_it():
+  with pytest.raises(UserError, match="T5Config.d_modle"):
+    gin_utils.parse(["models/tiny.gin"], ["T5Config.d_modle = 3"])
+
+
+def test_gin_bad_file_names_file_and_line(tmp_path):
+  bad = tmp_path / "bad.gin"
+  bad.write_text("import flan_jax.models.config\nT5Config.d_model = 64\nT5Config.nope = 1\n")
+  with pytest.raises(UserError, match=r"bad\.gin.*line 3"):
+    gin_utils.parse([str(bad)], [])
+
+
+def test_gin_missing_file():
+  with pytest.raises(UserError, match="gin file not found: models/nope.gin"):
+    gin_utils.parse(["models/nope.gin"], [])
+
+
+def _sentences(shared_data, n_each=600):
+  out = []
+  with open(os.path.join(shared_data, "gsm8k", "train.jsonl")) as f:
+    for line, _ in zip(f, range(n_each)):
+      ex = json.loads(line)
+      out += [ex["question"], ex["answer"]]
+  with open(os.path.join(shared_data, "nli", "esnli", "dev.jsonl")) as f:
+    for line, _ in zip(f, range(n_each)):
+      ex = json.loads(line)
+      out += [ex["premise"], ex["hypothesis"], ex["explanation"]]
+  return out
+
+
+def test_vocabulary_matches_hf_tokenizer(shared_data):
+  from tokenizers import Tokenizer
+  from flan_jax.vocab import sentencepiece_vocabulary
+  ours = sentencepiece_vocabulary(os.path.join(shared_data, "t5_vocab", "spiece.model"))
+  theirs = Tokenizer.from_file(os.path.join(shared_data, "hf", "flan-t5-small", "tokenizer.json"))
+  sentences = _sentences(shared_data)
+  assert len(sentences) >= 1000
+  assert ours.vocab_size == 32100
+  mismatches = [s for s in sentences if list(ours.encode(s)) + [1] != theirs.encode(s).ids]
+  assert not mismatches, f"{len(mismatches)} of {len(sentences)} differ, e.g. {mismatches[0]!r}"
+  assert ours.decode(ours.encode(sentences[0])) == sentences[0]
+  assert ours.encode("<extra_id_0>") == [32099]
+
+
+# --- import-hf refusals: one error line, exit 2, nothing left at --out ---
+
+def _run_import(tmp_path, hf_dir, capsys):
+  out = tmp_path / "ckpt"
+  code = cli.main(["import-hf", "--hf", str(hf_dir), "--out", str(out)])
+  err = capsys.readouterr().err.strip()
+  assert code == 2
+  assert len(err.splitlines()) == 1 and err.startswith("flan-jax: error:")
+  assert not out.exists()
+  assert not [p for p in os.listdir(tmp_path) if p.startswith(".ckpt")]
+  return err
+
+
+def test_import_without_config(tmp_path, capsys):
+  (tmp_path / "hf").mkdir()
+  assert "has no config.json" in _run_import(tmp_path, tmp_path / "hf", capsys)
+
+
+def test_import_non_t5_config(tmp_path, capsys):
+  (tmp_path / "hf").mkdir()
+  (tmp_path / "hf" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+  assert "not a T5 config: model_type is 'bert'" in _run_import(tmp_path, tmp_path / "hf", capsys)
+
+
+def test_import_pickle_only(tmp_path, capsys, shared_data):
+  hf = tmp_path / "hf"
+  hf.mkdir()
+  (hf / "config.json").write_text(open(os.path.join(shared_data, "hf", "flan-t5-small", "config.json")).read())
+  (hf / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+  assert "only pickle weights (pytorch_model.bin)" in _run_import(tmp_path, hf, capsys)
+
+
+def test_import_mismatched_shapes(tmp_path, capsys):
+  import hf_reference
+  config = dict(hf_reference.V10_CONFIG)
+  hf_dir = tmp_path / "hf"
+  hf_reference.build(config).save_pretrained(str(hf_dir))
+  config["d_ff"] = 128  # the weights say 96
+  (hf_dir / "config.json").write_text(json.dumps(config))
+  capsys.readouterr()
+  err = _run_import(tmp_path, hf_dir, capsys)
+  assert "DenseReluDense.wi.weight has shape (96, 64) but config.json implies (128, 64)" in err
+
+
+def test_import_refuses_existing_checkpoint_dir(tmp_path, capsys):
+  out = tmp_path / "ckpt"
+  out.mkdir()
+  (out / "keep.txt").write_text("precious")
+  code = cli.main(["import-hf", "--hf", str(tmp_path), "--out", str(out)])
+  assert code == 2 and "already exists and is not empty" in capsys.readouterr().err
+  assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_model_info_cli(capsys):
+  assert cli.main(["model-info", "--gin_file=models/tiny.gin", "--batch=1", "--length=8"]) == 0
+  out = capsys.readouterr().out
+  assert "parameters: 4,310,016" in out and "loss" in out
