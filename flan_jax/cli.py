@@ -53,6 +53,19 @@ def _model_info(args):
         f"{time.time() - start:.1f}s with compilation")
 
 
+def _tasks(args):
+  from flan_jax.data import listing, registration
+  registration.import_task_modules(registration.DEFAULT_TASK_MODULES + tuple(args.module))
+  if args.action == "list":
+    lines = listing.list_lines()
+  else:
+    if not args.name:
+      raise UserError("tasks show needs a task or mixture NAME")
+    lines = listing.show_lines(args.name, args.split, args.n, {"inputs": args.inputs_length,
+                                                               "targets": args.targets_length})
+  print("\n".join(lines))
+
+
 def _add_gin_flags(p):
   p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
   p.add_argument("--gin_search_paths", action="append", default=[], help="folders to look for gin files in")
@@ -74,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--length", type=int, default=32)
   p.add_argument("--no_forward", action="store_true", help="only count parameters (no allocation)")
   p.set_defaults(run=_model_info)
+
+  p = sub.add_parser("tasks", help="list registered tasks and mixtures, or show formatted examples")
+  p.add_argument("action", choices=["list", "show"])
+  p.add_argument("name", nargs="?", help="task or mixture (for show)")
+  p.add_argument("--split", default="train")
+  p.add_argument("--n", type=int, default=3, help="examples to show")
+  p.add_argument("--inputs_length", type=int, default=512)
+  p.add_argument("--targets_length", type=int, default=128)
+  p.add_argument("--module", action="append", default=[], help="extra module registering tasks (repeatable)")
+  p.set_defaults(run=_tasks)
   return parser
 
 

@@ -23,3 +23,8 @@ def check_fits(vocabulary: seqio.Vocabulary, model_vocab_size: int) -> None:
   if vocabulary.vocab_size > model_vocab_size:
     raise UserError(f"vocabulary has {vocabulary.vocab_size} ids but the model's embedding has only "
                     f"{model_vocab_size} rows (vocab mismatch)")
+
+
+def byte_vocabulary() -> seqio.Vocabulary:
+  """UTF-8 bytes (ids 3..258; pad 0, eos 1, unk 2): needs no file, for the offline demo."""
+  return seqio.ByteVocabulary()

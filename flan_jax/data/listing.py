@@ -1,0 +1,54 @@
+"""What `flan-jax tasks list` and `tasks show` print: registered names with counts and rates, and examples
+exactly as the model sees them (decoded from the tokens, after truncation)."""
+
+import seqio
+
+from flan_jax.data import mixing
+from flan_jax.data.pipeline import iterate
+from flan_jax.data.registration import get_provider
+
+
+def _examples(task: seqio.Task, split: str):
+  try:
+    return task.num_input_examples(split)
+  except Exception:  # noqa: BLE001  (TFDS data not prepared: the count is unknown, not an error)
+    return None
+
+
+def list_lines() -> list[str]:
+  lines = ["TASKS", f"{'name':50} splits (examples)"]
+  for name in sorted(seqio.TaskRegistry.names()):
+    task = seqio.TaskRegistry.get(name)
+    try:
+      counts = ", ".join(f"{s} {_examples(task, s) if _examples(task, s) is not None else '?'}"
+                         for s in task.splits)
+    except ValueError:  # a TFDS source whose data is not prepared here
+      counts = "data not available (prepare it with TFDS)"
+    lines.append(f"{name:50} {counts}")
+  lines += ["", "MIXTURES", f"{'name':50} tasks: rate (share)"]
+  for name in sorted(seqio.MixtureRegistry.names()):
+    try:
+      rates = mixing.rates(name)
+      total = sum(rates.values())
+      parts = [f"{t}: {r:g} ({r / total:.1%})" for t, r in rates.items()]
+    except Exception as e:  # noqa: BLE001
+      parts = [f"{len(mixing.rates_names(name))} tasks, rates unknown ({str(e).splitlines()[0]})"]
+    lines.append(f"{name:50} " + "; ".join(parts))
+  return lines
+
+
+def show_lines(name: str, split: str, n: int, feature_lengths: dict, seed: int = 0) -> list[str]:
+  provider = get_provider(name)
+  ds = provider.get_dataset(feature_lengths, split=split, shuffle=False, seed=seed, num_epochs=1)
+  vocabulary = provider.output_features["inputs"].vocabulary
+  lines = []
+  for i, ex in enumerate(iterate(ds.take(n))):
+    for key in ("inputs", "targets"):
+      tokens = [int(t) for t in ex[key]]
+      full = len(vocabulary.encode(ex[f"{key}_pretokenized"].decode("utf-8"))) + 1
+      cut = f", truncated from {full}" if full > len(tokens) else ""
+      lines.append(f"--- example {i} {key} ({len(tokens)} tokens{cut})")
+      lines.append(vocabulary.decode(tokens))
+  if not lines:
+    lines.append(f"{name} split {split!r} has no examples")
+  return lines

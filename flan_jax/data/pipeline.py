@@ -1,0 +1,65 @@
+"""From a task or mixture name to batches of model features (seqio's EncDecFeatureConverter, packed)."""
+
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from flan_jax.data.preprocessors import unwrap_error
+from flan_jax.data.registration import get_provider
+from flan_jax.errors import UserError
+
+# TF only feeds data: keep it off any accelerator JAX uses.
+tf.config.set_visible_devices([], "GPU")
+
+
+def host_shard() -> seqio.ShardInfo:
+  """This process's shard of the data: disjoint across processes, together covering it."""
+  return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+
+
+def get_dataset(name: str, split: str, feature_lengths: dict, seed: int | None = 0, shuffle: bool = True,
+                num_epochs: int | None = None, pack: bool = True, shard_info: seqio.ShardInfo | None = None,
+                batch_size: int | None = None) -> tf.data.Dataset:
+  """Model features for `name`; with batch_size, batched (remainder dropped, as training needs)."""
+  provider = get_provider(name)
+  if split not in provider.splits:
+    raise UserError(f"{name} has no split {split!r}; it has {sorted(provider.splits)}")
+  ds = seqio.get_dataset(
+      mixture_or_task_name=name, task_feature_lengths=dict(feature_lengths), dataset_split=split,
+      shuffle=shuffle, num_epochs=num_epochs, feature_converter=seqio.EncDecFeatureConverter(pack=pack),
+      shard_info=shard_info, seed=seed, use_cached=False)
+  if batch_size:
+    ds = ds.batch(batch_size, drop_remainder=True)
+  return ds
+
+
+def iterate(ds: tf.data.Dataset):
+  """numpy batches; a bad example raised inside tf.data comes out as the UserError it was."""
+  it = ds.as_numpy_iterator()
+  while True:
+    try:
+      yield next(it)
+    except StopIteration:
+      return
+    except tf.errors.OpError as e:
+      user_error = unwrap_error(e)
+      if user_error:
+        raise user_error from None
+      raise
+
+
+def packing_efficiency(batches) -> dict:
+  """Share of non-pad tokens in encoder inputs and decoder targets, and examples per row."""
+  enc = dec = enc_total = dec_total = examples = rows = 0
+  for batch in batches:
+    enc += int(np.count_nonzero(batch["encoder_input_tokens"]))
+    dec += int(np.count_nonzero(batch["decoder_target_tokens"]))
+    enc_total += batch["encoder_input_tokens"].size
+    dec_total += batch["decoder_target_tokens"].size
+    seg = batch.get("decoder_segment_ids")
+    rows += batch["decoder_target_tokens"].shape[0] if batch["decoder_target_tokens"].ndim == 2 else 1
+    examples += int(seg.max(axis=-1).sum()) if seg is not None else rows
+  if not rows:
+    raise UserError("no batches to measure")
+  return {"inputs": enc / enc_total, "targets": dec / dec_total, "examples_per_row": examples / rows}

@@ -1,0 +1,115 @@
+"""Held-out evaluation tasks read from directories: MMLU (5-shot, the original paper's format) and BBH
+(3-shot chain-of-thought from its cot-prompts, and direct). Never put these in a training mixture.
+
+Every `<subject>_test.csv` under an MMLU directory and every `tasks/<name>.json` under a BBH directory
+becomes a task: no list of names is hard-coded. Registered from the shared data when it exists; call
+`register_mmlu(dir, vocab)` / `register_bbh(dir, vocab)` for your own copy.
+"""
+
+import csv
+import glob
+import json
+import os
+import re
+
+import seqio
+
+from flan_jax.data import add_mixture, register_prompt_task
+from flan_jax.data.paths import shared_data_dir
+from flan_jax.errors import UserError
+from flan_jax.vocab import sentencepiece_vocabulary
+
+MMLU_CHOICES = ["A", "B", "C", "D"]
+
+
+def _read_csv(path):
+  with open(path, newline="", encoding="utf-8") as f:
+    rows = list(csv.reader(f))
+  for i, row in enumerate(rows, start=1):
+    if len(row) != 6:
+      raise UserError(f"{path}:{i}: expected 6 columns (question, A, B, C, D, answer), got {len(row)}")
+  return rows
+
+
+def mmlu_question(row, with_answer: bool) -> str:
+  """As in Hendrycks et al.'s evaluate.py: question, lettered choices, 'Answer:' (then ' X\\n\\n')."""
+  text = row[0] + "".join(f"\n{letter}. {choice}" for letter, choice in zip(MMLU_CHOICES, row[1:5])) + "\nAnswer:"
+  return text + f" {row[5]}\n\n" if with_answer else text
+
+
+def mmlu_prompt(subject: str, dev_rows, row) -> str:
+  # The original's format_subject puts a space before the subject, hence "about  abstract algebra".
+  header = f"The following are multiple choice questions (with answers) about  {subject.replace('_', ' ')}.\n\n"
+  return header + "".join(mmlu_question(r, True) for r in dev_rows) + mmlu_question(row, False)
+
+
+def mmlu_records(directory: str, subject: str, split: str) -> list[dict]:
+  dev = _read_csv(os.path.join(directory, "dev", f"{subject}_dev.csv"))[:5]
+  rows = _read_csv(os.path.join(directory, split, f"{subject}_{split}.csv"))
+  return [{"inputs": mmlu_prompt(subject, dev, row), "targets": row[5], "options": MMLU_CHOICES} for row in rows]
+
+
+def register_mmlu(directory: str, vocabulary: seqio.Vocabulary, metric_fns=()) -> list[str]:
+  """Tasks mmlu_<subject> (splits 'validation' = val, 'test') and the mixture 'mmlu'."""
+  subjects = sorted(os.path.basename(p)[:-len("_test.csv")] for p in glob.glob(os.path.join(directory, "test", "*_test.csv")))
+  if not subjects:
+    raise UserError(f"no MMLU subjects in {directory} (expected test/<subject>_test.csv)")
+  names = []
+  for subject in subjects:
+    records = {"validation": mmlu_records(directory, subject, "val"), "test": mmlu_records(directory, subject, "test")}
+    register_prompt_task(f"mmlu_{subject}", records, vocabulary, metric_fns)
+    names.append(f"mmlu_{subject}")
+  add_mixture("mmlu", [(n, None) for n in names], split="test")
+  return names
+
+
+def parse_cot_prompt(text: str) -> tuple[str, list[tuple[str, str, str]]]:
+  """(task description, [(question, chain of thought, answer)]) of a BBH cot-prompts file."""
+  body = text.split("-----\n", 1)[-1].strip()
+  description, *shots = body.split("\n\nQ: ")
+  parsed = []
+  for shot in shots:
+    question, answer_text = shot.split("\nA: ", 1)
+    match = re.search(r"So the answer is (.*?)\.?\s*$", answer_text, re.S)
+    if not match:
+      raise UserError(f"BBH prompt shot without 'So the answer is': {question[:60]!r}")
+    parsed.append((question, answer_text.strip(), match.group(1).strip()))
+  return description.strip(), parsed
+
+
+def bbh_prompt(description: str, shots, question: str, cot: bool) -> str:
+  """3-shot: with the exemplars' chains of thought (cot) or their bare answers (direct)."""
+  blocks = [f"Q: {q}\nA: {chain if cot else answer}" for q, chain, answer in shots]
+  cue = " Let's think step by step." if cot else ""
+  return f"{description}\n\n" + "\n\n".join(blocks) + f"\n\nQ: {question}\nA:{cue}"
+
+
+def register_bbh(directory: str, vocabulary: seqio.Vocabulary, metric_fns=()) -> list[str]:
+  """Tasks bbh_<name>_cot and bbh_<name>_direct (split 'test'), mixtures 'bbh_cot' and 'bbh_direct'."""
+  files = sorted(glob.glob(os.path.join(directory, "tasks", "*.json")))
+  if not files:
+    raise UserError(f"no BBH tasks in {directory} (expected tasks/<name>.json)")
+  names = {"cot": [], "direct": []}
+  for path in files:
+    name = os.path.basename(path)[:-len(".json")]
+    prompt_path = os.path.join(directory, "cot-prompts", f"{name}.txt")
+    if not os.path.isfile(prompt_path):
+      raise UserError(f"BBH task {name} has no prompt file {prompt_path}")
+    with open(prompt_path, encoding="utf-8") as f:
+      description, shots = parse_cot_prompt(f.read())
+    with open(path, encoding="utf-8") as f:
+      examples = json.load(f)["examples"]
+    for mode in names:
+      records = [{"inputs": bbh_prompt(description, shots, ex["input"], mode == "cot"), "targets": ex["target"]}
+                 for ex in examples]
+      register_prompt_task(f"bbh_{name}_{mode}", {"test": records}, vocabulary, metric_fns)
+      names[mode].append(f"bbh_{name}_{mode}")
+  for mode, task_names in names.items():
+    add_mixture(f"bbh_{mode}", [(n, None) for n in task_names], split="test")
+  return names["cot"] + names["direct"]
+
+
+if shared_data_dir():
+  _vocab = sentencepiece_vocabulary(os.path.join(shared_data_dir(), "t5_vocab", "spiece.model"))
+  register_mmlu(os.path.join(shared_data_dir(), "mmlu"), _vocab)
+  register_bbh(os.path.join(shared_data_dir(), "bbh"), _vocab)
