@@ -49,17 +49,17 @@ def mmlu_records(directory: str, subject: str, split: str) -> list[dict]:
   return [{"inputs": mmlu_prompt(subject, dev, row), "targets": row[5], "options": MMLU_CHOICES} for row in rows]
 
 
-def register_mmlu(directory: str, vocabulary: seqio.Vocabulary, metric_fns=()) -> list[str]:
-  """Tasks mmlu_<subject> (splits 'validation' = val, 'test') and the mixture 'mmlu'."""
+def register_mmlu(directory: str, vocabulary: seqio.Vocabulary, metric_fns=(), prefix: str = "mmlu") -> list[str]:
+  """Tasks <prefix>_<subject> (splits 'validation' = val, 'test') and the mixture <prefix>."""
   subjects = sorted(os.path.basename(p)[:-len("_test.csv")] for p in glob.glob(os.path.join(directory, "test", "*_test.csv")))
   if not subjects:
     raise UserError(f"no MMLU subjects in {directory} (expected test/<subject>_test.csv)")
   names = []
   for subject in subjects:
     records = {"validation": mmlu_records(directory, subject, "val"), "test": mmlu_records(directory, subject, "test")}
-    register_prompt_task(f"mmlu_{subject}", records, vocabulary, metric_fns)
-    names.append(f"mmlu_{subject}")
-  add_mixture("mmlu", [(n, None) for n in names], split="test")
+    register_prompt_task(f"{prefix}_{subject}", records, vocabulary, metric_fns)
+    names.append(f"{prefix}_{subject}")
+  add_mixture(prefix, [(n, None) for n in names], split="test")
   return names
 
 
@@ -84,8 +84,8 @@ def bbh_prompt(description: str, shots, question: str, cot: bool) -> str:
   return f"{description}\n\n" + "\n\n".join(blocks) + f"\n\nQ: {question}\nA:{cue}"
 
 
-def register_bbh(directory: str, vocabulary: seqio.Vocabulary, metric_fns=()) -> list[str]:
-  """Tasks bbh_<name>_cot and bbh_<name>_direct (split 'test'), mixtures 'bbh_cot' and 'bbh_direct'."""
+def register_bbh(directory: str, vocabulary: seqio.Vocabulary, metric_fns=(), prefix: str = "bbh") -> list[str]:
+  """Tasks <prefix>_<name>_cot and <prefix>_<name>_direct (split 'test'), mixtures <prefix>_cot and _direct."""
   files = sorted(glob.glob(os.path.join(directory, "tasks", "*.json")))
   if not files:
     raise UserError(f"no BBH tasks in {directory} (expected tasks/<name>.json)")
@@ -102,10 +102,10 @@ def register_bbh(directory: str, vocabulary: seqio.Vocabulary, metric_fns=()) ->
     for mode in names:
       records = [{"inputs": bbh_prompt(description, shots, ex["input"], mode == "cot"), "targets": ex["target"]}
                  for ex in examples]
-      register_prompt_task(f"bbh_{name}_{mode}", {"test": records}, vocabulary, metric_fns)
-      names[mode].append(f"bbh_{name}_{mode}")
+      register_prompt_task(f"{prefix}_{name}_{mode}", {"test": records}, vocabulary, metric_fns)
+      names[mode].append(f"{prefix}_{name}_{mode}")
   for mode, task_names in names.items():
-    add_mixture(f"bbh_{mode}", [(n, None) for n in task_names], split="test")
+    add_mixture(f"{prefix}_{mode}", [(n, None) for n in task_names], split="test")
   return names["cot"] + names["direct"]
 
 
