@@ -53,6 +53,12 @@ def _model_info(args):
         f"{time.time() - start:.1f}s with compilation")
 
 
+def _train(args):
+  from flan_jax import gin_utils, train
+  gin_utils.parse(args.gin_file, args.gin_bindings, args.gin_search_paths)
+  train.train()
+
+
 def _tasks(args):
   from flan_jax.data import listing, registration
   registration.import_task_modules(registration.DEFAULT_TASK_MODULES + tuple(args.module))
@@ -87,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--length", type=int, default=32)
   p.add_argument("--no_forward", action="store_true", help="only count parameters (no allocation)")
   p.set_defaults(run=_model_info)
+
+  p = sub.add_parser("train", help="gin-configured Flan finetuning (resumes from MODEL_DIR)")
+  _add_gin_flags(p)
+  p.set_defaults(run=_train)
 
   p = sub.add_parser("tasks", help="list registered tasks and mixtures, or show formatted examples")
   p.add_argument("action", choices=["list", "show"])

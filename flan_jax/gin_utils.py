@@ -1,5 +1,6 @@
 """Gin parsing with t5x's flags: --gin_file (repeatable), --gin_search_paths, --gin.NAME=VALUE."""
 
+import logging
 import os
 
 import gin
@@ -8,6 +9,9 @@ from flan_jax.errors import UserError
 
 # The repository's gin/ folder is always searched, so `--gin_file=models/small.gin` works from anywhere.
 REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+
+# gin logs an ERROR for every search-path miss on its way to the file it then finds.
+logging.getLogger().addFilter(lambda record: not record.getMessage().startswith("Path not found:"))
 
 
 def split_gin_bindings(argv: list[str]) -> tuple[list[str], list[str]]:

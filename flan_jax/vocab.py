@@ -28,3 +28,12 @@ def check_fits(vocabulary: seqio.Vocabulary, model_vocab_size: int) -> None:
 def byte_vocabulary() -> seqio.Vocabulary:
   """UTF-8 bytes (ids 3..258; pad 0, eos 1, unk 2): needs no file, for the offline demo."""
   return seqio.ByteVocabulary()
+
+
+def fingerprint(vocabulary: seqio.Vocabulary) -> str:
+  """Identifies a vocabulary's ids, so a checkpoint can refuse data tokenized differently."""
+  import hashlib
+  if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    digest = hashlib.sha256(vocabulary.sp_model).hexdigest()[:16]
+    return f"sentencepiece:{digest}+{vocabulary.extra_ids}"
+  return f"{type(vocabulary).__name__}:{vocabulary.vocab_size}"

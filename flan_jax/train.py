@@ -1,0 +1,242 @@
+"""`flan-jax train`: gin-configured Flan finetuning on a ('data', 'model') mesh that resumes exactly.
+
+Gin names follow t5x run configs (MODEL_DIR, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, TRAIN_STEPS,
+BATCH_SIZE, LEARNING_RATE, INITIAL_CHECKPOINT_PATH, EVAL_PERIOD, RANDOM_SEED, ...; see gin/runs/finetune.gin).
+
+MODEL_DIR holds `checkpoints/` (the last few steps, with optimizer state and data position), `best/` (the best
+step by the held-out metric), TensorBoard event files, `train_log.jsonl` and `loss_curve.png`. Re-running the
+same command resumes from the last complete checkpoint and continues the same data stream.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import gin
+import jax
+import numpy as np
+
+from flan_jax import checkpoints, gin_utils, logs, partitioning, trainer
+from flan_jax.data import pipeline, registration
+from flan_jax.errors import UserError
+from flan_jax.models import T5Config
+from flan_jax.optim import adafactor
+from flan_jax.vocab import check_fits, fingerprint
+
+
+class TrainingDiverged(UserError):
+  """The loss became NaN or Inf."""
+
+
+ARCHITECTURE_FIELDS = [f.name for f in dataclasses.fields(T5Config) if f.name not in ("dropout_rate", "dtype", "remat")]
+
+
+def resolve_model_config(checkpoint_config: T5Config | None) -> T5Config:
+  """The gin T5Config, or the checkpoint's architecture with gin's runtime fields (dropout, dtype, remat).
+
+  A checkpoint needs no size gin file; a size gin file that disagrees with it is refused, naming the fields.
+  """
+  gin_config = T5Config()
+  if checkpoint_config is None:
+    return gin_config
+  bound = {k for k in gin.get_bindings("T5Config") if k in ARCHITECTURE_FIELDS}
+  diff = [d for d in gin_config.architecture_diff(checkpoint_config) if d.split(":")[0] in bound]
+  if diff:
+    raise UserError("the gin model config differs from the checkpoint's: " + "; ".join(diff))
+  return dataclasses.replace(checkpoint_config, dropout_rate=gin_config.dropout_rate, dtype=gin_config.dtype,
+                             remat=gin_config.remat)
+
+
+def _existing_checkpoint(directory: str):
+  try:
+    return checkpoints.read_meta(directory)
+  except UserError:
+    return None
+
+
+@gin.configurable
+def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
+          mixture_or_task_module: str | None = None, task_feature_lengths: dict = gin.REQUIRED,
+          train_steps: int = gin.REQUIRED, batch_size: int = gin.REQUIRED, random_seed: int = 0,
+          initial_checkpoint_path: str | None = None, pack: bool = True, z_loss: float = 1e-4,
+          loss_normalizing_factor: float | None = None, num_microbatches: int = 1,
+          checkpoint_period: int = 1000, keep_checkpoints: int = 3, eval_period: int = 0,
+          eval_tasks: tuple = (), eval_split: str = "validation", eval_batch_size: int = 32,
+          best_metric: str | None = None, best_mode: str = "max", log_period_seconds: float = 5.0,
+          log_fn=print) -> dict:
+  """Train; returns the last logged metrics (and the last eval, if any)."""
+  registration.import_task_modules(registration.DEFAULT_TASK_MODULES + ((mixture_or_task_module,) if
+                                                                         mixture_or_task_module else ()))
+  provider = registration.get_provider(mixture_or_task_name)
+  vocabulary = provider.output_features["targets"].vocabulary
+  for task in eval_tasks:
+    registration.get_provider(task)
+
+  ckpt_dir = os.path.join(model_dir, "checkpoints")
+  resume = _existing_checkpoint(ckpt_dir)
+  initial = checkpoints.read_meta(initial_checkpoint_path) if initial_checkpoint_path and not resume else None
+  source_meta = (resume or initial or (None, None, None))[2]
+  config = resolve_model_config(checkpoints.model_config(source_meta) if source_meta else None)
+  if resume:
+    diff = config.architecture_diff(checkpoints.model_config(resume[2]))
+    if diff:
+      raise UserError(f"{ckpt_dir} holds a checkpoint of a different model: {'; '.join(diff)}")
+  check_fits(vocabulary, config.vocab_size)
+  vocab_id = fingerprint(vocabulary)
+  if source_meta and source_meta.get("vocabulary_fingerprint") not in (None, vocab_id):
+    raise UserError(f"vocab mismatch: the checkpoint was trained with {source_meta['vocabulary_fingerprint']}, "
+                    f"{mixture_or_task_name} uses {vocab_id}")
+
+  mesh = partitioning.make_mesh()
+  partitioning.check_batch_size(batch_size, mesh)
+  if num_microbatches < 1 or batch_size % (num_microbatches * mesh.shape["data"]):
+    raise UserError(f"BATCH_SIZE={batch_size} must split into {num_microbatches} microbatches of a multiple of "
+                    f"the data-parallel size {mesh.shape['data']}")
+  tx = adafactor()
+  shardings = trainer.Shardings(config, tx, mesh)
+  rng = jax.random.key(random_seed)
+  init_rng, dropout_key = jax.random.split(rng)
+
+  with jax.set_mesh(mesh), partitioning.axis_rules():
+    if resume:
+      root, step, _ = resume
+      abstract_params, abstract_opt = shardings.restore_targets()
+      params, opt_state, _, step = checkpoints.restore(os.path.join(root, str(step)), abstract_params, abstract_opt)
+      state = trainer.init_state(config, tx, shardings, init_rng, params, opt_state, step)
+      log_fn(f"resumed from {root}/{step}")
+      _warn_if_data_changed(resume[2], mixture_or_task_name, task_feature_lengths, batch_size, random_seed, log_fn)
+    elif initial:
+      abstract_params, _ = shardings.restore_targets()
+      params, _, _, _ = checkpoints.restore(initial_checkpoint_path, abstract_params)
+      state = trainer.init_state(config, tx, shardings, init_rng, params)
+      log_fn(f"initialised from {initial_checkpoint_path}")
+    else:
+      state = trainer.init_state(config, tx, shardings, init_rng)
+    start_step = int(state.step)
+
+    meta = {"model_config": config.to_dict(), "vocabulary": _vocab_path(vocabulary),
+            "vocabulary_fingerprint": vocab_id,
+            "data": {"mixture_or_task_name": mixture_or_task_name, "task_feature_lengths": dict(task_feature_lengths),
+                     "batch_size": batch_size, "random_seed": random_seed, "pack": pack}}
+    ds = pipeline.get_dataset(mixture_or_task_name, "train", task_feature_lengths, seed=random_seed, pack=pack,
+                              shard_info=pipeline.host_shard(), batch_size=batch_size // jax.process_count())
+    batches = pipeline.iterate(ds.skip(start_step))  # the data position is the number of batches consumed
+
+    step_fn = trainer.jit_train_step(
+        trainer.make_train_step(config, tx, z_loss, loss_normalizing_factor, num_microbatches), shardings)
+    eval_fn = _make_evaluator(config, shardings, eval_tasks, eval_split, task_feature_lengths, eval_batch_size)
+    last_mngr = checkpoints.manager(ckpt_dir, max_to_keep=keep_checkpoints)
+    best_mngr = checkpoints.manager(os.path.join(model_dir, "best"), max_to_keep=1, best_metric=best_metric,
+                                    best_mode=best_mode) if best_metric else None
+    writer = logs.MetricWriter(model_dir)
+    progress = logs.Progress(start_step, train_steps, log_period_seconds, log_fn)
+    last = {}
+    try:
+      for step in range(start_step, train_steps):
+        try:
+          local = next(batches)
+        except StopIteration:
+          raise UserError(f"{mixture_or_task_name} ran out of data at step {step}") from None
+        tokens = int(np.count_nonzero(local["encoder_input_tokens"]) + np.count_nonzero(local["decoder_target_tokens"]))
+        state, metrics = step_fn(state, partitioning.global_batch(local, mesh), dropout_key)
+        metrics = {k: float(v) for k, v in metrics.items()}
+        if not math.isfinite(metrics["loss"]):
+          raise TrainingDiverged(f"loss is {metrics['loss']} at step {step + 1}; training stopped, the last good "
+                                 f"checkpoint is kept ({_latest(last_mngr)})")
+        done = step + 1
+        last = progress.update(done, metrics, tokens * jax.process_count())
+        if last:
+          writer.write(done, {f"train/{k}": v for k, v in last.items()})
+        evaluated = None
+        if eval_fn and eval_period and (done % eval_period == 0 or done == train_steps):
+          evaluated = eval_fn(state.params)
+          writer.write(done, evaluated)
+          log_fn(logs.format_metrics(done, evaluated))
+          if best_mngr is not None:
+            if best_metric not in evaluated:
+              raise UserError(f"best_metric {best_metric!r} is not among the eval metrics {sorted(evaluated)}")
+            checkpoints.save(best_mngr, done, state.params, meta, metrics=evaluated)
+        if done % checkpoint_period == 0 or done == train_steps:
+          meta["data"]["batches_consumed"] = done
+          checkpoints.save(last_mngr, done, state.params, meta, opt_state=state.opt_state)
+        if evaluated:
+          last = {**last, **evaluated}
+    finally:
+      writer.close()
+      last_mngr.close()
+      if best_mngr is not None:
+        best_mngr.close()
+    if jax.process_index() == 0:
+      logs.plot_loss_curve(model_dir)
+  return {**progress.last_metrics, **last}
+
+
+def _latest(mngr) -> str:
+  step = mngr.latest_step()
+  return f"step {step}" if step is not None else "none saved yet"
+
+
+def _vocab_path(vocabulary) -> str | None:
+  return getattr(vocabulary, "sentencepiece_model_file", None)
+
+
+def _warn_if_data_changed(meta, name, lengths, batch_size, seed, log_fn):
+  saved = meta.get("data", {})
+  now = {"mixture_or_task_name": name, "task_feature_lengths": dict(lengths), "batch_size": batch_size,
+         "random_seed": seed}
+  changed = [f"{k}: {saved.get(k)} -> {v}" for k, v in now.items() if k in saved and saved[k] != v]
+  if changed:
+    log_fn("WARNING: data settings changed since the checkpoint, so the resumed data stream is not the "
+           "original one: " + "; ".join(changed))
+
+
+def _make_evaluator(config, shardings, eval_tasks, split, lengths, batch_size):
+  """params -> {'eval/<task>/loss', 'eval/<task>/accuracy', ...}: teacher-forced loss and token accuracy."""
+  if not eval_tasks:
+    return None
+  eval_step = trainer.jit_eval_step(trainer.make_eval_step(config), shardings)
+  partitioning.check_batch_size(batch_size, shardings.mesh)
+  local_size = batch_size // jax.process_count()
+  cached = {}
+
+  def batches(task):
+    if task not in cached:  # eval sets are small: read once, pad to the same number of batches on every host
+      ds = pipeline.get_dataset(task, split, lengths, shuffle=False, num_epochs=1, pack=False,
+                                shard_info=pipeline.host_shard(), seed=0)
+      rows = list(pipeline.iterate(ds))
+      count = -(-len(rows) // local_size)
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        count = int(np.max(multihost_utils.process_allgather(np.array(count))))
+      template = rows[0] if rows else None
+      padded = rows + [{k: np.zeros_like(v) for k, v in template.items()}] * (count * local_size - len(rows))
+      cached[task] = [{k: np.stack([r[k] for r in padded[i:i + local_size]]) for k in template}
+                      for i in range(0, len(padded), local_size)]
+    return cached[task]
+
+  def evaluate(params):
+    out = {}
+    for task in eval_tasks:
+      sums = None
+      for local in batches(task):
+        m = eval_step(params, partitioning.global_batch(local, shardings.mesh))
+        sums = m if sums is None else jax.tree.map(lambda a, b: a + b, sums, m)
+      summary = trainer.summarize(sums)
+      out[f"eval/{task}/loss"] = float(summary["loss"])
+      out[f"eval/{task}/accuracy"] = float(summary["accuracy"])
+    return out
+
+  return evaluate
+
+
+def main(argv=None) -> int:
+  """`python -m flan_jax.train --gin_file=... --gin.NAME=VALUE`; the same as `flan-jax train`."""
+  from flan_jax import cli
+  return cli.main(["train"] + list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+  sys.exit(main())
