@@ -13,7 +13,7 @@ $(STAMP): setup.cfg pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/flan-jax model-info --gin_file=models/tiny.gin
+	$(VENV)/bin/flan-jax train --gin_file=runs/demo.gin
 
 test: setup
 	$(VENV)/bin/python -m pytest -q tests

@@ -119,7 +119,8 @@ def main(argv=None) -> int:
     args.gin_bindings = bindings
     args.run(args)
   except UserError as e:
-    print(f"flan-jax: error: {e}", file=sys.stderr)
+    # One line: gin appends "In call to configurable ..." on a line of its own.
+    print(f"flan-jax: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
     return 2
   return 0
 

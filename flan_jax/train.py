@@ -9,11 +9,9 @@ same command resumes from the last complete checkpoint and continues the same da
 """
 
 import dataclasses
-import json
 import math
 import os
 import sys
-import time
 
 import gin
 import jax
@@ -116,6 +114,10 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     else:
       state = trainer.init_state(config, tx, shardings, init_rng)
     start_step = int(state.step)
+    log_fn(f"mesh data={mesh.shape['data']} model={mesh.shape['model']} over {mesh.size} of "
+           f"{jax.device_count()} devices; {sum(x.size for x in jax.tree.leaves(shardings.abstract_params)):,} parameters; sharding: " + ", ".join(
+               f"{'/'.join(path)} {_get(state.params, path).sharding.spec}" for path in SHOWN_PARAMS
+               if _get(state.params, path) is not None))
 
     meta = {"model_config": config.to_dict(), "vocabulary": _vocab_path(vocabulary),
             "vocabulary_fingerprint": vocab_id,
@@ -143,9 +145,11 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
         tokens = int(np.count_nonzero(local["encoder_input_tokens"]) + np.count_nonzero(local["decoder_target_tokens"]))
         state, metrics = step_fn(state, partitioning.global_batch(local, mesh), dropout_key)
         metrics = {k: float(v) for k, v in metrics.items()}
-        if not math.isfinite(metrics["loss"]):
-          raise TrainingDiverged(f"loss is {metrics['loss']} at step {step + 1}; training stopped, the last good "
-                                 f"checkpoint is kept ({_latest(last_mngr)})")
+        problem = (f"loss is {metrics['loss']}" if not math.isfinite(metrics["loss"]) else
+                   "the update made the parameters NaN or Inf" if not metrics.pop("params_finite") else None)
+        if problem:
+          raise TrainingDiverged(f"{problem} at step {step + 1}; training stopped, the last good checkpoint is "
+                                 f"kept ({_latest(last_mngr)})")
         done = step + 1
         last = progress.update(done, metrics, tokens * jax.process_count())
         if last:
@@ -172,6 +176,17 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     if jax.process_index() == 0:
       logs.plot_loss_curve(model_dir)
   return {**progress.last_metrics, **last}
+
+
+SHOWN_PARAMS = [("decoder", "logits_dense", "kernel"), ("encoder", "layers_0", "mlp", "wi_0", "kernel")]
+
+
+def _get(tree, path):
+  for key in path:
+    if not isinstance(tree, dict) or key not in tree:
+      return None
+    tree = tree[key]
+  return tree
 
 
 def _latest(mngr) -> str:

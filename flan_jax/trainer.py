@@ -79,6 +79,8 @@ def make_train_step(config: T5Config, tx: optax.GradientTransformation, z_loss: 
     params = optax.apply_updates(state.params, updates)
     metrics = summarize(sums)
     metrics["grad_norm"] = optax.global_norm(grads)
+    # 0 when an update made any parameter NaN/Inf (or overflowed the norm): such a state must not be saved.
+    metrics["params_finite"] = jnp.isfinite(optax.global_norm(params)).astype(jnp.float32)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step

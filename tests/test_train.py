@@ -1,0 +1,159 @@
+"""Training: mesh-sharded steps equal single-device ones, exact resume, crash safety, NaN stop, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from flan_jax import checkpoints, gin_utils, logs, train
+from flan_jax.errors import UserError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# The demo run shrunk: tiny model, byte vocabulary, short sequences, every step logged.
+BASE = ["--gin_file=runs/demo.gin", "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 32}",
+        "--gin.BATCH_SIZE=8", "--gin.EVAL_TASKS=[]", "--gin.train.log_period_seconds=0"]
+
+
+def _bindings(model_dir, steps, *extra):
+  return BASE + [f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}"] + list(extra)
+
+
+def run_in_process(model_dir, steps, *extra):
+  bindings, rest = gin_utils.split_gin_bindings(_bindings(model_dir, steps, *extra))
+  gin_utils.parse([a.split("=", 1)[1] for a in rest], bindings)
+  lines = []
+  train.train(log_fn=lines.append)
+  return lines
+
+
+def run_subprocess(model_dir, steps, *extra, env=None, wait=True):
+  cmd = [sys.executable, os.path.join(HERE, "train_worker.py"), "train"] + _bindings(model_dir, steps, *extra)
+  full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+  if not wait:
+    return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=600)
+
+
+def train_losses(model_dir):
+  return {r["step"]: r["train/loss"] for r in logs.read_log(str(model_dir)) if "train/loss" in r}
+
+
+def test_mesh_4x2_equals_one_device(tmp_path):
+  """The same 4 steps on 1 device and on 8 fake CPU devices as a 4x2 mesh."""
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  one = run_subprocess(tmp_path / "one", 4, "--gin.make_mesh.data_parallel=1", env=env)
+  mesh = run_subprocess(tmp_path / "mesh", 4, "--gin.make_mesh.data_parallel=4",
+                        "--gin.make_mesh.model_parallel=2", env=env)
+  assert one.returncode == 0, one.stdout + one.stderr
+  assert mesh.returncode == 0, mesh.stdout + mesh.stderr
+  assert "mesh data=1 model=1 over 1 of 8 devices" in one.stdout
+  assert "mesh data=4 model=2 over 8 of 8 devices" in mesh.stdout
+  # Parameters really are split over 'model' (t5x rules: vocab, mlp, heads/joined_kv on 'model').
+  assert "decoder/logits_dense/kernel P(None, 'model')" in mesh.stdout
+  assert "encoder/layers_0/mlp/wi_0/kernel P(None, 'model')" in mesh.stdout
+  bad = run_subprocess(tmp_path / "bad", 4, "--gin.make_mesh.data_parallel=4", "--gin.BATCH_SIZE=6", env=env)
+  assert bad.returncode == 2
+  assert bad.stderr.strip().splitlines()[-1] == \
+      "flan-jax: error: BATCH_SIZE=6 is not divisible by the data-parallel size 4"
+  a, b = train_losses(tmp_path / "one"), train_losses(tmp_path / "mesh")
+  assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+  assert max(abs(a[s] - b[s]) for s in a) <= 1e-5, (a, b)
+  assert a[4] < a[1]
+
+
+def _params(model_dir, step):
+  params, _, _, _ = checkpoints.restore(os.path.join(model_dir, "checkpoints", str(step)))
+  return jax.tree.leaves(params)
+
+
+def test_exact_resume(tmp_path):
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  run_in_process(straight, 6, "--gin.train.checkpoint_period=3", "--gin.DROPOUT_RATE=0.1")
+  run_in_process(resumed, 3, "--gin.train.checkpoint_period=3", "--gin.DROPOUT_RATE=0.1")
+  lines = run_in_process(resumed, 6, "--gin.train.checkpoint_period=3", "--gin.DROPOUT_RATE=0.1")
+  assert any(line.startswith("resumed from") and line.endswith("/3") for line in lines)
+  diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+             for x, y in zip(_params(straight, 6), _params(resumed, 6)))
+  assert diff <= 1e-6
+  a, b = train_losses(straight), train_losses(resumed)
+  assert all(abs(a[s] - b[s]) <= 1e-6 for s in (4, 5, 6))  # the same data stream after the resume
+
+
+def _wait_for(path, proc, timeout=300):
+  start = time.time()
+  while not os.path.isdir(path):
+    if proc.poll() is not None:
+      raise AssertionError(f"training exited early:\n{proc.stdout.read()}")
+    if time.time() - start > timeout:
+      raise AssertionError(f"{path} never appeared")
+    time.sleep(0.2)
+
+
+def test_sigkill_mid_training_resumes_from_last_complete_checkpoint(tmp_path):
+  model_dir = str(tmp_path / "run")
+  proc = run_subprocess(model_dir, 500, "--gin.train.checkpoint_period=2", wait=False)
+  _wait_for(os.path.join(model_dir, "checkpoints", "4", "meta"), proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  root, step, _ = checkpoints.read_meta(os.path.join(model_dir, "checkpoints"))
+  assert step >= 4
+  lines = run_in_process(model_dir, step + 2, "--gin.train.checkpoint_period=2")
+  assert f"resumed from {root}/{step}" in lines
+  assert checkpoints.locate(os.path.join(model_dir, "checkpoints"))[1] == step + 2
+
+
+def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
+  model_dir = str(tmp_path / "run")
+  result = run_subprocess(model_dir, 10, "--gin.train.checkpoint_period=2", env={"KILL_DURING_SAVE_STEP": "4"})
+  assert result.returncode == -signal.SIGKILL
+  ckpts = os.path.join(model_dir, "checkpoints")
+  assert any(name.startswith("4.") for name in os.listdir(ckpts))  # the half-written step, never committed
+  assert checkpoints.locate(ckpts)[1] == 2
+  params, _, _, _ = checkpoints.restore(ckpts)
+  assert all(np.all(np.isfinite(np.asarray(p))) for p in jax.tree.leaves(params))
+  lines = run_in_process(model_dir, 4, "--gin.train.checkpoint_period=2")
+  assert any(line.endswith("/2") and line.startswith("resumed from") for line in lines)
+  assert checkpoints.locate(ckpts)[1] == 4
+
+
+def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):
+  model_dir = str(tmp_path / "run")
+  run_in_process(model_dir, 2, "--gin.train.checkpoint_period=1")
+  # An infinite learning rate makes step 3's update Inf; step 3 must not be saved.
+  with pytest.raises(train.TrainingDiverged, match=r"the update made the parameters NaN or Inf at step 3; training "
+                                                   r"stopped, the last good checkpoint is kept \(step 2\)"):
+    run_in_process(model_dir, 6, "--gin.train.checkpoint_period=1", "--gin.LEARNING_RATE=1e999")
+  ckpts = os.path.join(model_dir, "checkpoints")
+  assert checkpoints.locate(ckpts)[1] == 2
+  params, _, _, _ = checkpoints.restore(ckpts)
+  assert all(np.all(np.isfinite(np.asarray(p))) for p in jax.tree.leaves(params))
+
+
+def test_refuses_checkpoint_of_another_model(tmp_path):
+  model_dir = str(tmp_path / "run")
+  run_in_process(model_dir, 1)
+  with pytest.raises(UserError, match="d_model: 32 != 64"):
+    run_in_process(model_dir, 2, "--gin.T5Config.d_model=32")
+
+
+def test_unknown_mixture_and_bad_microbatches(tmp_path):
+  with pytest.raises(UserError, match="unknown task or mixture 'demo_mixtur'; closest: demo_mixture"):
+    run_in_process(str(tmp_path / "a"), 1, "--gin.MIXTURE_OR_TASK_NAME='demo_mixtur'")
+  with pytest.raises(UserError, match="must split into 3 microbatches"):
+    run_in_process(str(tmp_path / "b"), 1, "--gin.train.num_microbatches=3")
+
+
+def test_microbatches_equal_the_full_batch(tmp_path):
+  full, micro = str(tmp_path / "full"), str(tmp_path / "micro")
+  run_in_process(full, 2)
+  run_in_process(micro, 2, "--gin.train.num_microbatches=4")
+  a, b = train_losses(full), train_losses(micro)
+  assert abs(a[2] - b[2]) <= 1e-5
+  diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(_params(full, 2), _params(micro, 2)))
+  assert diff <= 1e-5
