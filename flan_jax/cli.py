@@ -18,6 +18,91 @@ def _import_hf(args):
   print(f"wrote checkpoint {out}")
 
 
+def _export_hf(args):
+  from flan_jax import hf
+  out = hf.export_hf(args.checkpoint, args.out)
+  print(f"wrote HuggingFace folder {out}")
+
+
+def _settings(args):
+  from flan_jax.inference import Settings
+  return Settings(batch_size=args.batch_size, inputs_length=args.inputs_length,
+                  max_decode_length=args.max_decode_length, beam_size=args.beam_size, alpha=args.alpha,
+                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+
+
+class _Progress:
+  """A progress line every few seconds: examples done, examples per second."""
+
+  def __init__(self, label, period=5.0):
+    import time
+    self.time, self.label, self.period = time, label, period
+    self.start = self.last = time.time()
+
+  def __call__(self, done, total):
+    now = self.time.time()
+    if now - self.last >= self.period or done == total:
+      rate = done / max(now - self.start, 1e-9)
+      print(f"{self.label}: {done}/{total} examples, {rate:.1f} examples/s", file=sys.stderr, flush=True)
+      self.last = now
+
+
+def _infer(args):
+  import json
+
+  import jax
+
+  from flan_jax import evaluation, inference
+  from flan_jax.data import registration
+  registration.import_task_modules(registration.DEFAULT_TASK_MODULES + tuple(args.module))
+  if bool(args.task) == bool(args.input):
+    raise UserError("infer needs exactly one of --task NAME or --input FILE.jsonl")
+  model = inference.load(args.checkpoint)
+  if args.task:
+    records = []
+    for _, tasks in evaluation.expand([args.task]):
+      for task in tasks:
+        _, rows = evaluation.examples(task, args.split, args.max_examples)
+        records += [{"task": task, "inputs": i, "targets": t} for i, t in rows]
+  else:
+    records = inference.read_jsonl(args.input)[:args.max_examples or None]
+  if args.mode == "score" and any("targets" not in r for r in records):
+    raise UserError("score mode needs a 'targets' string in every record")
+  # Each process handles every process_count-th record and writes its own part.
+  records = records[jax.process_index()::jax.process_count()]
+  output = args.output if jax.process_count() == 1 else f"{args.output}-{jax.process_index():05d}-of-{jax.process_count():05d}"
+  settings = _settings(args)
+  inputs = [r["inputs"] for r in records]
+  if args.mode == "predict":
+    values = inference.predict(model, inputs, settings, _Progress("predict"))
+    key = "prediction"
+  else:
+    values = inference.score(model, inputs, [r["targets"] for r in records], settings, _Progress("score"))
+    key = "log_likelihood"
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  with open(output + ".tmp", "w") as f:
+    for record, value in zip(records, values):
+      f.write(json.dumps({**record, key: value}) + "\n")
+  os.replace(output + ".tmp", output)
+  print(f"wrote {len(records)} records to {output}")
+
+
+def _eval(args):
+  import json
+
+  from flan_jax import evaluation, inference
+  from flan_jax.data import registration
+  registration.import_task_modules(registration.DEFAULT_TASK_MODULES + tuple(args.module))
+  model = inference.load(args.checkpoint)
+  results = evaluation.evaluate(model, args.tasks, _settings(args), args.split, args.max_examples,
+                                log_fn=lambda line: print(line, file=sys.stderr, flush=True))
+  print(evaluation.table(results))
+  if args.output:
+    with open(args.output, "w") as f:
+      json.dump(results, f, indent=2)
+    print(f"wrote {args.output}")
+
+
 def _model_info(args):
   """Parameter count of a gin-configured model, and one forward/backward pass on random tokens."""
   import time
@@ -86,6 +171,38 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="new checkpoint directory")
   p.add_argument("--vocab", help="spiece.model to use when the HF folder has none")
   p.set_defaults(run=_import_hf)
+
+  p = sub.add_parser("export-hf", help="write a flan-jax checkpoint as a HuggingFace T5 folder")
+  p.add_argument("--checkpoint", required=True, help="checkpoint directory (its latest step) or one step's directory")
+  p.add_argument("--out", required=True, help="new HuggingFace folder")
+  p.set_defaults(run=_export_hf)
+
+  for name, help_text in (("infer", "predict or score over a task/mixture split or a JSONL file"),
+                          ("eval", "held-out evaluation (MMLU, BBH, any task) as a table and JSON")):
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--split", default=None, help="default: validation, else test")
+    p.add_argument("--max_examples", type=int, default=None)
+    p.add_argument("--module", action="append", default=[], help="extra module registering tasks (repeatable)")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--inputs_length", type=int, default=512)
+    p.add_argument("--max_decode_length", type=int, default=128)
+    p.add_argument("--beam_size", type=int, default=1, help="1: greedy or sampling; >1: beam search")
+    p.add_argument("--alpha", type=float, default=0.6, help="beam search brevity penalty")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top_k", type=int, default=0)
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    if name == "infer":
+      p.add_argument("--task", help="task or mixture name")
+      p.add_argument("--input", help='JSONL with {"inputs": ...} (and "targets" to score)')
+      p.add_argument("--mode", choices=["predict", "score"], default="predict")
+      p.add_argument("--output", required=True, help="JSONL to write")
+      p.set_defaults(run=_infer)
+    else:
+      p.add_argument("--tasks", nargs="+", required=True, help="tasks or mixtures, e.g. mmlu bbh_cot")
+      p.add_argument("--output", help="JSON file for the results")
+      p.set_defaults(run=_eval)
 
   p = sub.add_parser("model-info", help="parameter count and a forward/backward pass of a gin-configured model")
   _add_gin_flags(p)

@@ -4,6 +4,7 @@ One table (`weight_map`) names, for a config, which HF tensor each of our parame
 transposed (torch Linear stores (out, in); our kernels are (in, out)); import and export both read it.
 """
 
+import contextlib
 import glob
 import json
 import os
@@ -147,6 +148,28 @@ def read_hf(hf_dir: str) -> tuple[T5Config, dict]:
   return config, params
 
 
+def _check_new_dir(out_dir: str) -> None:
+  if os.path.exists(out_dir) and os.listdir(out_dir):
+    raise UserError(f"{out_dir} already exists and is not empty; choose a new directory")
+
+
+@contextlib.contextmanager
+def _atomic_dir(out_dir: str):
+  """Yields a temporary sibling of out_dir, renamed to out_dir when the block succeeds and removed when it
+  fails, so out_dir is either complete or absent."""
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
+  try:
+    yield tmp
+    if os.path.exists(out_dir):
+      os.rmdir(out_dir)
+    os.rename(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
 def import_hf(hf_dir: str, out_dir: str, vocabulary: str | None = None) -> str:
   """Write the HF model at hf_dir as a flan-jax checkpoint (step 0) at out_dir. Returns out_dir.
 
@@ -154,25 +177,89 @@ def import_hf(hf_dir: str, out_dir: str, vocabulary: str | None = None) -> str:
   temporary sibling directory and renamed at the end, so a failure leaves nothing at out_dir.
   """
   out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and os.listdir(out_dir):
-    raise UserError(f"{out_dir} already exists and is not empty; choose a new directory")
+  _check_new_dir(out_dir)
   config, params = read_hf(hf_dir)
   vocabulary = vocabulary or os.path.join(hf_dir, checkpoints.VOCAB_FILE)
   if not os.path.isfile(vocabulary):
     raise UserError(f"no vocabulary: {vocabulary} not found (pass --vocab PATH to spiece.model)")
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
-  try:
+  from flan_jax.vocab import check_fits, fingerprint, sentencepiece_vocabulary
+  spm = sentencepiece_vocabulary(vocabulary)
+  check_fits(spm, config.vocab_size)
+  meta = {"model_config": config.to_dict(), "vocabulary": os.path.abspath(vocabulary),
+          "vocabulary_fingerprint": fingerprint(spm), "source": {"huggingface": os.path.abspath(hf_dir)}}
+  with _atomic_dir(out_dir) as tmp:
     shutil.copyfile(vocabulary, os.path.join(tmp, checkpoints.VOCAB_FILE))
-    meta = {"model_config": config.to_dict(), "vocabulary": os.path.abspath(vocabulary),
-            "source": {"huggingface": os.path.abspath(hf_dir)}}
     with checkpoints.manager(tmp) as mngr:
       checkpoints.save(mngr, 0, params, meta)
-    if os.path.exists(out_dir):
-      os.rmdir(out_dir)
-    os.rename(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+  return out_dir
+
+
+# --- export ---
+
+def config_to_hf(config: T5Config) -> dict:
+  """HF config.json for our config; UserError when HF's T5 has no equivalent."""
+  proj = next((name for name, acts in HF_ACTIVATIONS.items() if acts == config.mlp_activations), None)
+  if proj is None:
+    raise UserError(f"MLP activations {config.mlp_activations} have no HuggingFace T5 equivalent "
+                    f"(supported: {sorted(HF_ACTIVATIONS.values())})")
+  return {
+      "architectures": ["T5ForConditionalGeneration"], "model_type": "t5",
+      "vocab_size": config.vocab_size, "d_model": config.d_model, "d_ff": config.d_ff, "d_kv": config.d_kv,
+      "num_heads": config.num_heads, "num_layers": config.num_encoder_layers,
+      "num_decoder_layers": config.num_decoder_layers, "feed_forward_proj": proj,
+      "is_gated_act": proj.startswith("gated-"), "dense_act_fn": "gelu_new" if proj == "gated-gelu" else proj.split("-")[-1],
+      "relative_attention_num_buckets": config.relative_attention_num_buckets,
+      "relative_attention_max_distance": config.relative_attention_max_distance,
+      "dropout_rate": config.dropout_rate, "layer_norm_epsilon": config.layer_norm_epsilon,
+      "initializer_factor": 1.0, "is_encoder_decoder": True, "use_cache": True,
+      # transformers 4 reads tie_word_embeddings, transformers 5 scale_decoder_outputs; write both explicitly.
+      "tie_word_embeddings": config.tie_embeddings, "scale_decoder_outputs": config.tie_embeddings,
+      "decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1,
+  }
+
+
+def _tokenizer_files(vocabulary_kind: str) -> dict:
+  specials = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+  if vocabulary_kind == "bytes":
+    config = {"tokenizer_class": "ByT5Tokenizer", "extra_ids": 0, **specials}
+    return {"tokenizer_config.json": config, "special_tokens_map.json": specials}
+  extra = [f"<extra_id_{i}>" for i in range(100)]
+  config = {"tokenizer_class": "T5Tokenizer", "extra_ids": 100, "model_max_length": 512,
+            "additional_special_tokens": extra, "clean_up_tokenization_spaces": False, **specials}
+  return {"tokenizer_config.json": config, "special_tokens_map.json": {**specials, "additional_special_tokens": extra}}
+
+
+def export_hf(checkpoint: str, out_dir: str) -> str:
+  """A flan-jax checkpoint as a HuggingFace T5 folder: config.json, model.safetensors (float32),
+  generation_config.json and tokenizer files. Written to a temporary sibling and renamed when complete."""
+  from safetensors.numpy import save_file
+
+  root, step, meta = checkpoints.read_meta(checkpoint)
+  config = checkpoints.model_config(meta)
+  hf_config = config_to_hf(config)
+  vocab_id = meta.get("vocabulary_fingerprint", "")
+  spiece = checkpoints.vocabulary_path(root, meta)
+  kind = "bytes" if vocab_id.startswith("ByteVocabulary") else "sentencepiece"
+  if kind == "sentencepiece" and not (spiece and os.path.isfile(spiece)):
+    raise UserError(f"checkpoint {root}/{step} has no SentencePiece vocabulary to export (looked for {spiece})")
+  out_dir = os.path.abspath(out_dir)
+  _check_new_dir(out_dir)
+  params, _, _, _ = checkpoints.restore(os.path.join(root, str(step)))
+  tensors = {}
+  for path, (name, transpose) in weight_map(config).items():
+    node = params
+    for key in path:
+      node = node[key]
+    value = np.asarray(node, dtype=np.float32)
+    tensors[name] = np.ascontiguousarray(value.T if transpose else value)
+  files = {"config.json": hf_config,
+           "generation_config.json": {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0},
+           **_tokenizer_files(kind)}
+  with _atomic_dir(out_dir) as tmp:
+    save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    for name, content in files.items():
+      with open(os.path.join(tmp, name), "w") as f:
+        json.dump(content, f, indent=2)
+    if kind == "sentencepiece":
+      shutil.copyfile(spiece, os.path.join(tmp, checkpoints.VOCAB_FILE))
   return out_dir

@@ -17,7 +17,7 @@ import gin
 import jax
 import numpy as np
 
-from flan_jax import checkpoints, gin_utils, logs, partitioning, trainer
+from flan_jax import checkpoints, evaluation, inference, logs, partitioning, trainer
 from flan_jax.data import pipeline, registration
 from flan_jax.errors import UserError
 from flan_jax.models import T5Config
@@ -63,6 +63,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           loss_normalizing_factor: float | None = None, num_microbatches: int = 1,
           checkpoint_period: int = 1000, keep_checkpoints: int = 3, eval_period: int = 0,
           eval_tasks: tuple = (), eval_split: str = "validation", eval_batch_size: int = 32,
+          eval_max_examples: int = 100,
           best_metric: str | None = None, best_mode: str = "max", log_period_seconds: float = 5.0,
           log_fn=print) -> dict:
   """Train; returns the last logged metrics (and the last eval, if any)."""
@@ -129,7 +130,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
 
     step_fn = trainer.jit_train_step(
         trainer.make_train_step(config, tx, z_loss, loss_normalizing_factor, num_microbatches), shardings)
-    eval_fn = _make_evaluator(config, shardings, eval_tasks, eval_split, task_feature_lengths, eval_batch_size)
+    eval_fn = _make_evaluator(config, shardings, eval_tasks, eval_split, task_feature_lengths, eval_batch_size,
+                              eval_max_examples, vocabulary)
     last_mngr = checkpoints.manager(ckpt_dir, max_to_keep=keep_checkpoints)
     best_mngr = checkpoints.manager(os.path.join(model_dir, "best"), max_to_keep=1, best_metric=best_metric,
                                     best_mode=best_mode) if best_metric else None
@@ -208,10 +210,13 @@ def _warn_if_data_changed(meta, name, lengths, batch_size, seed, log_fn):
            "original one: " + "; ".join(changed))
 
 
-def _make_evaluator(config, shardings, eval_tasks, split, lengths, batch_size):
-  """params -> {'eval/<task>/loss', 'eval/<task>/accuracy', ...}: teacher-forced loss and token accuracy."""
+def _make_evaluator(config, shardings, eval_tasks, split, lengths, batch_size, max_examples, vocabulary):
+  """params -> {'eval/<task>/loss', '.../token_accuracy', '.../accuracy'}: teacher-forced loss and token
+  accuracy over the split, and the accuracy of decoded answers on its first `max_examples` examples."""
   if not eval_tasks:
     return None
+  settings = inference.Settings(batch_size=batch_size, inputs_length=lengths["inputs"],
+                                max_decode_length=lengths["targets"])
   eval_step = trainer.jit_eval_step(trainer.make_eval_step(config), shardings)
   partitioning.check_batch_size(batch_size, shardings.mesh)
   local_size = batch_size // jax.process_count()
@@ -241,7 +246,14 @@ def _make_evaluator(config, shardings, eval_tasks, split, lengths, batch_size):
         sums = m if sums is None else jax.tree.map(lambda a, b: a + b, sums, m)
       summary = trainer.summarize(sums)
       out[f"eval/{task}/loss"] = float(summary["loss"])
-      out[f"eval/{task}/accuracy"] = float(summary["accuracy"])
+      out[f"eval/{task}/token_accuracy"] = float(summary["accuracy"])
+      if max_examples:  # what inference would answer: generation, or rank classification for option tasks
+        model = inference.Model(config, params, vocabulary, fingerprint(vocabulary))
+        result = evaluation.evaluate_task(model, task, split, settings, max_examples)
+        out[f"eval/{task}/accuracy"] = result["accuracy"]
+    accuracies = [v for k, v in out.items() if k.endswith("/accuracy") and not k.endswith("token_accuracy")]
+    if accuracies:
+      out["eval/average/accuracy"] = float(np.mean(accuracies))  # a natural best_metric
     return out
 
   return evaluate

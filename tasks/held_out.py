@@ -46,7 +46,7 @@ def mmlu_prompt(subject: str, dev_rows, row) -> str:
 def mmlu_records(directory: str, subject: str, split: str) -> list[dict]:
   dev = _read_csv(os.path.join(directory, "dev", f"{subject}_dev.csv"))[:5]
   rows = _read_csv(os.path.join(directory, split, f"{subject}_{split}.csv"))
-  return [{"inputs": mmlu_prompt(subject, dev, row), "targets": row[5], "options": MMLU_CHOICES} for row in rows]
+  return [{"inputs": mmlu_prompt(subject, dev, row), "targets": row[5]} for row in rows]
 
 
 def register_mmlu(directory: str, vocabulary: seqio.Vocabulary, metric_fns=(), prefix: str = "mmlu") -> list[str]:
@@ -57,7 +57,7 @@ def register_mmlu(directory: str, vocabulary: seqio.Vocabulary, metric_fns=(), p
   names = []
   for subject in subjects:
     records = {"validation": mmlu_records(directory, subject, "val"), "test": mmlu_records(directory, subject, "test")}
-    register_prompt_task(f"{prefix}_{subject}", records, vocabulary, metric_fns)
+    register_prompt_task(f"{prefix}_{subject}", records, vocabulary, metric_fns, options=MMLU_CHOICES)
     names.append(f"{prefix}_{subject}")
   add_mixture(prefix, [(n, None) for n in names], split="test")
   return names

@@ -120,10 +120,17 @@ def register_file_task(name: str, files: dict, templates, vocabulary: seqio.Voca
   return register_records_task(name, records, templates, vocabulary, to_fields, pool_split, metric_fns)
 
 
+# Tasks evaluated by rank classification: task name -> the answer options scored for every example.
+RANK_OPTIONS: dict[str, list[str]] = {}
+
+
 def register_prompt_task(name: str, records_by_split: dict, vocabulary: seqio.Vocabulary, metric_fns=(),
-                         postprocess_fn=None) -> seqio.Task:
-  """A task whose records already hold `inputs` and `targets` (and optionally `options`): held-out
-  evaluation prompts such as MMLU 5-shot or BBH, which must not vary by template."""
+                         postprocess_fn=None, options: list[str] | None = None) -> seqio.Task:
+  """A task whose records already hold `inputs` and `targets`: held-out evaluation prompts such as MMLU
+  5-shot or BBH, which must not vary by template. With `options`, evaluation scores each option (rank
+  classification) instead of generating."""
+  if options:
+    RANK_OPTIONS[name] = list(options)
 
   def decode(dataset):
     def to_strings(line):

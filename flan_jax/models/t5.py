@@ -126,20 +126,35 @@ class RelativePositionBias(nn.Module):
 
 
 class Attention(nn.Module):
-  """Multi-head dot-product attention without logit scaling (T5 folds 1/sqrt(d_kv) into the init)."""
+  """Multi-head dot-product attention without logit scaling (T5 folds 1/sqrt(d_kv) into the init).
+
+  Decoding keeps a cache: `decode="init"` creates it (self-attention: zeros for the whole decode length;
+  cross-attention: the encoder's keys and values, computed once); `decode="step"` runs one query position,
+  writing its key and value at `index`.
+  """
   config: T5Config
   deterministic: bool
 
   @nn.compact
-  def __call__(self, inputs_q, inputs_kv, bias):
+  def __call__(self, inputs_q, inputs_kv, bias, decode=None, index=None, cross=False):
     c = self.config
     inner = c.num_heads * c.d_kv
     proj = functools.partial(Dense, inner, ("embed", "joined_kv"), dtype=c.dtype)
-    q = proj(stddev=(c.d_model * c.d_kv) ** -0.5, name="query")(inputs_q)
-    k = proj(stddev=c.d_model ** -0.5, name="key")(inputs_kv)
-    v = proj(stddev=c.d_model ** -0.5, name="value")(inputs_kv)
     split = lambda x: constrain(x.reshape(x.shape[:2] + (c.num_heads, c.d_kv)), ("batch", "length", "heads", "kv"))
-    q, k, v = split(q), split(k), split(v)
+    q = split(proj(stddev=(c.d_model * c.d_kv) ** -0.5, name="query")(inputs_q))
+    if decode and cross and decode == "step":
+      k, v = self.get_variable("cache", "key"), self.get_variable("cache", "value")
+    else:
+      k = split(proj(stddev=c.d_model ** -0.5, name="key")(inputs_kv))
+      v = split(proj(stddev=c.d_model ** -0.5, name="value")(inputs_kv))
+    if decode == "init":
+      self.put_variable("cache", "key", k if cross else jnp.zeros_like(k))
+      self.put_variable("cache", "value", v if cross else jnp.zeros_like(v))
+    elif decode == "step" and not cross:
+      k = jax.lax.dynamic_update_slice(self.get_variable("cache", "key"), k, (0, index, 0, 0))
+      v = jax.lax.dynamic_update_slice(self.get_variable("cache", "value"), v, (0, index, 0, 0))
+      self.put_variable("cache", "key", k)
+      self.put_variable("cache", "value", v)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias
     weights = jax.nn.softmax(logits, axis=-1).astype(c.dtype)
     weights = nn.Dropout(c.dropout_rate)(weights, deterministic=self.deterministic)
@@ -188,13 +203,14 @@ class DecoderLayer(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x, encoded, self_bias, cross_bias):
+  def __call__(self, x, encoded, self_bias, cross_bias, decode=None, index=None):
     c = self.config
     drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=self.deterministic)
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_self_attention_layer_norm")(x)
-    x = x + drop(Attention(c, self.deterministic, name="self_attention")(h, h, self_bias))
+    x = x + drop(Attention(c, self.deterministic, name="self_attention")(h, h, self_bias, decode, index))
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_cross_attention_layer_norm")(x)
-    x = x + drop(Attention(c, self.deterministic, name="encoder_decoder_attention")(h, encoded, cross_bias))
+    x = x + drop(Attention(c, self.deterministic, name="encoder_decoder_attention")(
+        h, encoded, cross_bias, decode, index, cross=True))
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_mlp_layer_norm")(x)
     x = x + drop(MLP(c, self.deterministic, name="mlp")(h))
     return constrain(x, ("batch", "length", "embed"))
@@ -241,20 +257,36 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, encoded, encoder_tokens, decoder_input_tokens, decoder_target_tokens,
-               encoder_segment_ids=None, decoder_segment_ids=None, enable_dropout=False):
+               encoder_segment_ids=None, decoder_segment_ids=None, enable_dropout=False, decode=None):
+    """Teacher-forced logits; or with decode="init" (inputs of the full decode length) create the cache,
+    and with decode="step" (inputs [batch, 1]) run the next position from it."""
     c = self.config
     deterministic = not enable_dropout
-    length = decoder_input_tokens.shape[1]
-    # Decoder inputs start with token 0 (= pad), so padding is read off the targets, as t5x does.
-    dec_valid = decoder_target_tokens > 0
-    self_bias = attention_bias(dec_valid, dec_valid, decoder_segment_ids, decoder_segment_ids, causal=True)
-    self_bias = self_bias + RelativePositionBias(c, bidirectional=False, name="relpos_bias")(length, length)
-    cross_bias = attention_bias(dec_valid, encoder_tokens > 0, decoder_segment_ids, encoder_segment_ids)
+    relpos = RelativePositionBias(c, bidirectional=False, name="relpos_bias")
+    if decode == "step":
+      max_length = self.get_variable("cache", "index_limit").shape[0]
+      index = self.get_variable("cache", "index")
+      positions = jnp.arange(max_length)
+      row = jax.lax.dynamic_slice_in_dim(relpos(max_length, max_length), index, 1, axis=2)
+      self_bias = row + jnp.where(positions <= index, 0.0, NEG_INF)[None, None, None, :]
+      cross_bias = jnp.where(encoder_tokens > 0, 0.0, NEG_INF)[:, None, None, :].astype(jnp.float32)
+      self.put_variable("cache", "index", index + 1)
+    else:
+      length = decoder_input_tokens.shape[1]
+      index = None
+      # Decoder inputs start with token 0 (= pad), so padding is read off the targets, as t5x does.
+      dec_valid = decoder_target_tokens > 0
+      self_bias = attention_bias(dec_valid, dec_valid, decoder_segment_ids, decoder_segment_ids, causal=True)
+      self_bias = self_bias + relpos(length, length)
+      cross_bias = attention_bias(dec_valid, encoder_tokens > 0, decoder_segment_ids, encoder_segment_ids)
+      if decode == "init":
+        self.put_variable("cache", "index", jnp.zeros((), jnp.int32))
+        self.put_variable("cache", "index_limit", jnp.zeros((length,), jnp.int8))  # carries the length
     x = nn.Dropout(c.dropout_rate)(self.embedder(decoder_input_tokens), deterministic=deterministic)
     x = constrain(x, ("batch", "length", "embed"))
-    layer = _layer_class(DecoderLayer, c)
+    layer = _layer_class(DecoderLayer, c) if not decode else DecoderLayer
     for i in range(c.num_decoder_layers):
-      x = layer(c, deterministic, name=f"layers_{i}")(x, encoded, self_bias, cross_bias)
+      x = layer(c, deterministic, name=f"layers_{i}")(x, encoded, self_bias, cross_bias, decode, index)
     x = RMSNorm(c.layer_norm_epsilon, c.dtype, name="decoder_norm")(x)
     x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
     if c.tie_embeddings:
@@ -278,9 +310,9 @@ class T5(nn.Module):
     return self.encoder(encoder_input_tokens, encoder_segment_ids, enable_dropout)
 
   def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
-             encoder_segment_ids=None, decoder_segment_ids=None, enable_dropout=False):
+             encoder_segment_ids=None, decoder_segment_ids=None, enable_dropout=False, decode=None):
     return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
-                        encoder_segment_ids, decoder_segment_ids, enable_dropout)
+                        encoder_segment_ids, decoder_segment_ids, enable_dropout, decode)
 
   def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
                encoder_segment_ids=None, decoder_segment_ids=None, enable_dropout=False, **unused_features):

@@ -1,0 +1,96 @@
+"""Held-out evaluation: per-task accuracy by rank classification (tasks with fixed options, e.g. MMLU) or by
+generation (BBH direct and CoT, Flan tasks), averaged per mixture; a console table and a JSON file.
+
+Generated answers are compared after taking the text after "the answer is" when present, so a chain of
+thought is judged by its final answer.
+"""
+
+import re
+
+import numpy as np
+import seqio
+
+from flan_jax import inference
+from flan_jax.data import pipeline, registration
+from flan_jax.errors import UserError
+from flan_jax.vocab import fingerprint
+
+ANSWER = re.compile(r"the answer is\s*(.*?)\.?\s*$", re.IGNORECASE | re.DOTALL)
+
+
+def answer_of(text: str) -> str:
+  match = ANSWER.search(text)
+  return (match.group(1) if match else text).strip()
+
+
+def expand(names) -> list[tuple[str, list[str]]]:
+  """(group name, its task names) for each task or mixture name."""
+  groups = []
+  for name in names:
+    provider = registration.get_provider(name)
+    tasks = [t.name for t in provider.tasks] if isinstance(provider, seqio.Mixture) else [provider.name]
+    groups.append((name, tasks))
+  return groups
+
+
+def examples(task_name: str, split: str | None, max_examples: int | None) -> tuple[str, list[tuple[str, str]]]:
+  """(split used, [(inputs, targets)]): the text before tokenization, in a fixed order."""
+  task = seqio.get_mixture_or_task(task_name)
+  if split is None:
+    split = "validation" if "validation" in task.splits else "test" if "test" in task.splits else "train"
+  if split not in task.splits:
+    raise UserError(f"task {task_name} has no split {split!r}; it has {sorted(task.splits)}")
+  ds = task.get_dataset(None, split=split, shuffle=False, num_epochs=1, seed=0)
+  if max_examples:
+    ds = ds.take(max_examples)
+  return split, [(ex["inputs_pretokenized"].decode("utf-8"), ex["targets_pretokenized"].decode("utf-8"))
+                 for ex in pipeline.iterate(ds)]
+
+
+def evaluate_task(model: inference.Model, task_name: str, split, settings: inference.Settings,
+                  max_examples=None) -> dict:
+  task = seqio.get_mixture_or_task(task_name)
+  task_vocab = fingerprint(task.output_features["targets"].vocabulary)
+  if model.fingerprint and task_vocab != model.fingerprint:
+    raise UserError(f"vocab mismatch: task {task_name} uses {task_vocab}, the checkpoint {model.fingerprint}")
+  split, rows = examples(task_name, split, max_examples)
+  if not rows:
+    raise UserError(f"task {task_name} split {split!r} has no examples")
+  inputs, targets = [r[0] for r in rows], [r[1] for r in rows]
+  options = registration.RANK_OPTIONS.get(task_name)
+  if options:
+    flat = inference.score(model, [i for i in inputs for _ in options], [o for _ in inputs for o in options],
+                           settings)
+    chosen = [options[int(np.argmax(flat[k * len(options):(k + 1) * len(options)]))] for k in range(len(inputs))]
+    correct = [c == t for c, t in zip(chosen, targets)]
+    method, predictions = "rank_classification", chosen
+  else:
+    predictions = inference.predict(model, inputs, settings)
+    correct = [answer_of(p) == answer_of(t) for p, t in zip(predictions, targets)]
+    method = "generation"
+  return {"accuracy": float(np.mean(correct)), "examples": len(rows), "split": split, "method": method,
+          "predictions": predictions}
+
+
+def evaluate(model: inference.Model, names, settings: inference.Settings, split=None, max_examples=None,
+             log_fn=print) -> dict:
+  """{'tasks': {task: metrics}, 'groups': {name: mean accuracy over its tasks}}."""
+  results = {"tasks": {}, "groups": {}}
+  for group, tasks in expand(names):
+    for task in tasks:
+      if task not in results["tasks"]:
+        results["tasks"][task] = evaluate_task(model, task, split, settings, max_examples)
+        r = results["tasks"][task]
+        log_fn(f"{task}: accuracy {r['accuracy']:.3f} on {r['examples']} {r['split']} examples ({r['method']})")
+    results["groups"][group] = float(np.mean([results["tasks"][t]["accuracy"] for t in tasks]))
+  return results
+
+
+def table(results: dict) -> str:
+  lines = [f"{'task':52} {'examples':>8} {'accuracy':>9}", "-" * 71]
+  for task, r in results["tasks"].items():
+    lines.append(f"{task:52} {r['examples']:8d} {100 * r['accuracy']:8.1f}%")
+  lines.append("-" * 71)
+  for group, accuracy in results["groups"].items():
+    lines.append(f"{'average: ' + group:52} {'':8} {100 * accuracy:8.1f}%")
+  return "\n".join(lines)
