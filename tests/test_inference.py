@@ -1,0 +1,260 @@
+"""Decoding, scoring, export and held-out evaluation, against HuggingFace transformers."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.numpy import load_file
+
+import hf_reference
+from flan_jax import checkpoints, cli, decoding, gin_utils, hf, inference, train
+from flan_jax.errors import UserError
+from flan_jax.models import T5
+
+DECODE_LEN = 12
+
+
+@pytest.fixture(scope="module")
+def eos_prone(tmp_path_factory, shared_data):
+  """A 2-layer Flan-T5-small-shaped random HF model whose EOS logit is raised, so outputs end at varied
+  lengths; imported as ours."""
+  model = hf_reference.build(hf_reference.flan_t5_small_config(shared_data, num_layers=2, num_decoder_layers=2,
+                                                               dropout_rate=0.0))
+  with torch.no_grad():
+    others = model.lm_head.weight[2:100]
+    model.lm_head.weight[1] = others.mean(0) + 3.0 * others.std(0) * torch.sign(others.mean(0))
+  hf_dir = str(tmp_path_factory.mktemp("eos") / "hf")
+  model.save_pretrained(hf_dir)
+  config, params = hf.read_hf(hf_dir)
+  return model, config, jax.tree.map(jnp.asarray, params)
+
+
+def _inputs(n=20, length=16, seed=0):
+  rng = np.random.default_rng(seed)
+  enc = np.zeros((n, length), np.int64)
+  for i in range(n):
+    k = rng.integers(4, length + 1)
+    enc[i, :k] = rng.integers(2, 32000, k)
+  return enc
+
+
+def _hf_generate(model, enc, **kwargs):
+  with torch.no_grad():
+    out = model.generate(input_ids=torch.as_tensor(enc), attention_mask=torch.as_tensor((enc > 0).astype(np.int64)),
+                         do_sample=False, max_new_tokens=DECODE_LEN, **kwargs).numpy()[:, 1:]
+  return _after_eos_zero(np.pad(out, ((0, 0), (0, DECODE_LEN - out.shape[1]))))
+
+
+def _after_eos_zero(tokens):
+  """HF pads finished beams with EOS; we pad with 0. Compare up to and including the first EOS."""
+  tokens = np.array(tokens)
+  for row in tokens:
+    eos = np.flatnonzero(row == 1)
+    if len(eos):
+      row[eos[0] + 1:] = 0
+  return tokens
+
+
+def test_greedy_equals_hf_generate(eos_prone):
+  model, config, params = eos_prone
+  enc = _inputs()
+  ours, _ = decoding.sample(params, jnp.asarray(enc, jnp.int32), jax.random.key(0), config=config,
+                            max_length=DECODE_LEN)
+  theirs = _hf_generate(model, enc, num_beams=1)
+  assert 3 <= (theirs == 1).any(-1).sum() <= 17  # some rows stop early, some run to the length limit
+  assert np.array_equal(np.asarray(ours), theirs)
+
+
+def test_beam_search_against_hf_beam_search(eos_prone):
+  """Same 4 beams, no length penalty. Where the two differ, ours found the more likely sequence: HF lets an
+  EOS candidate finish only if it ranks in the top num_beams of the 2 x num_beams candidates, t5x (and we)
+  let any of the 2 x num_beams candidates finish."""
+  model, config, params = eos_prone
+  enc = _inputs(seed=1)
+  ours, our_scores = decoding.beam_search(params, jnp.asarray(enc, jnp.int32), config=config,
+                                          max_length=DECODE_LEN, beam_size=4, alpha=0.0)
+  with torch.no_grad():
+    out = model.generate(input_ids=torch.as_tensor(enc), attention_mask=torch.as_tensor((enc > 0).astype(np.int64)),
+                         do_sample=False, max_new_tokens=DECODE_LEN, num_beams=4, length_penalty=0.0,
+                         early_stopping=False, output_scores=True, return_dict_in_generate=True)
+  seqs = out.sequences.numpy()[:, 1:]
+  theirs = _after_eos_zero(np.pad(seqs, ((0, 0), (0, DECODE_LEN - seqs.shape[1]))))
+  same = (np.asarray(ours) == theirs).all(-1)
+  assert (theirs == 1).any(-1).sum() >= 3
+  assert same.sum() >= 15, same
+  better = np.asarray(our_scores) > out.sequences_scores.numpy() + 1e-4
+  assert np.all(same | better)
+  # Our score is the sequence's log-likelihood, as HF computes it for the sequences both found.
+  assert np.allclose(np.asarray(our_scores)[same], out.sequences_scores.numpy()[same], atol=1e-4)
+
+
+def test_sampling_is_seeded_and_respects_top_k(eos_prone):
+  _, config, params = eos_prone
+  enc = jnp.asarray(_inputs(n=4), jnp.int32)
+  a, _ = decoding.sample(params, enc, jax.random.key(1), config=config, max_length=8, temperature=1.0, top_k=1)
+  greedy, _ = decoding.sample(params, enc, jax.random.key(2), config=config, max_length=8)
+  assert np.array_equal(np.asarray(a), np.asarray(greedy))  # top-k 1 is greedy whatever the key
+  b, _ = decoding.sample(params, enc, jax.random.key(1), config=config, max_length=8, temperature=1.0)
+  c, _ = decoding.sample(params, enc, jax.random.key(1), config=config, max_length=8, temperature=1.0)
+  d, _ = decoding.sample(params, enc, jax.random.key(3), config=config, max_length=8, temperature=1.0)
+  assert np.array_equal(np.asarray(b), np.asarray(c)) and not np.array_equal(np.asarray(b), np.asarray(d))
+
+
+def test_score_equals_hf_log_likelihood(eos_prone):
+  model, config, params = eos_prone
+  enc = _inputs(n=6)
+  rng = np.random.default_rng(5)
+  tgt = np.zeros((6, 10), np.int64)
+  for i, n in enumerate([10, 7, 4, 9, 2, 6]):
+    tgt[i, :n] = rng.integers(2, 32000, n)
+  dec_in = np.concatenate([np.zeros((6, 1), np.int64), tgt[:, :-1]], 1)
+  ours = np.asarray(decoding.score(params, jnp.asarray(enc, jnp.int32), jnp.asarray(dec_in, jnp.int32),
+                                   jnp.asarray(tgt, jnp.int32), config=config))
+  with torch.no_grad():
+    logits = model(input_ids=torch.as_tensor(enc), attention_mask=torch.as_tensor((enc > 0).astype(np.int64)),
+                   decoder_input_ids=torch.as_tensor(dec_in)).logits
+  logp = torch.log_softmax(logits, -1).gather(-1, torch.as_tensor(tgt)[..., None])[..., 0].numpy()
+  theirs = (logp * (tgt > 0)).sum(-1)
+  assert np.max(np.abs(ours - theirs)) <= 1e-4
+
+
+# --- export ---
+
+def _train_a_few_steps(tmp_path, hf_model, name, shared_data):
+  """import-hf, then 3 training steps on real data from that checkpoint; returns the run's MODEL_DIR."""
+  hf_dir = str(tmp_path / f"{name}_hf")
+  hf_model.save_pretrained(hf_dir)
+  imported = hf.import_hf(hf_dir, str(tmp_path / f"{name}_ckpt"),
+                          vocabulary=os.path.join(shared_data, "t5_vocab", "spiece.model"))
+  model_dir = str(tmp_path / f"{name}_run")
+  gin_utils.parse(["runs/finetune.gin"], [
+      f"MODEL_DIR = '{model_dir}'", "MIXTURE_OR_TASK_NAME = 'shared_nq_open'", "TRAIN_STEPS = 3",
+      "BATCH_SIZE = 4", "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}", "DROPOUT_RATE = 0.0",
+      f"INITIAL_CHECKPOINT_PATH = '{imported}'", "LEARNING_RATE = 1e-2", "EVAL_TASKS = []"])
+  train.train(log_fn=lambda line: None)
+  return hf_dir, imported, model_dir
+
+
+@pytest.mark.parametrize("kind", ["t5_1_1", "v1_0"])
+def test_import_export_roundtrip_and_trained_export_loads_in_hf(kind, tmp_path, shared_data):
+  config = (hf_reference.flan_t5_small_config(shared_data, num_layers=2, num_decoder_layers=1, dropout_rate=0.0)
+            if kind == "t5_1_1" else dict(hf_reference.V10_CONFIG))
+  hf_dir, imported, model_dir = _train_a_few_steps(tmp_path, hf_reference.build(config), kind, shared_data)
+
+  # import then export: identical tensors
+  roundtrip = hf.export_hf(imported, str(tmp_path / "roundtrip"))
+  original, exported = load_file(os.path.join(hf_dir, "model.safetensors")), \
+      load_file(os.path.join(roundtrip, "model.safetensors"))
+  assert set(exported) <= set(original)
+  assert all(np.array_equal(exported[k], original[k]) for k in exported)
+  assert set(original) - set(exported) <= {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}
+
+  # trained, then exported: transformers loads every weight and computes our logits
+  out = hf.export_hf(os.path.join(model_dir, "checkpoints"), str(tmp_path / "exported"))
+  loaded, info = transformers.T5ForConditionalGeneration.from_pretrained(out, output_loading_info=True)
+  assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+  with open(os.path.join(out, "config.json")) as f:
+    written = json.load(f)
+  assert written["tie_word_embeddings"] is (kind == "v1_0")
+  assert written["feed_forward_proj"] == ("gated-gelu" if kind == "t5_1_1" else "relu")
+  assert written["decoder_start_token_id"] == 0
+  trained = inference.load(os.path.join(model_dir, "checkpoints"))
+  before = inference.load(imported)
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(trained.params), jax.tree.leaves(before.params)))
+  enc = _inputs(n=3, length=12)
+  dec_in = np.concatenate([np.zeros((3, 1), np.int64), enc[:, :5]], 1)
+  ours = np.asarray(T5(trained.config).apply(
+      {"params": trained.params}, jnp.asarray(enc), jnp.asarray(dec_in), jnp.ones_like(jnp.asarray(dec_in))))
+  theirs = hf_reference.logits(loaded.eval(), enc, (enc > 0).astype(np.int64), dec_in)
+  assert np.max(np.abs(ours - theirs)) <= 1e-4
+
+  tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+  text = "Translate English to German: That is good."
+  assert tokenizer(text).input_ids == list(trained.vocabulary.encode(text)) + [1]
+
+
+def test_export_refuses_config_without_hf_equivalent(tmp_path, capsys):
+  from flan_jax.models import T5Config
+  from flan_jax.models.t5 import init_variables
+  import flax.linen as nn
+  config = T5Config(vocab_size=128, d_model=16, d_ff=32, num_heads=2, d_kv=8, num_encoder_layers=1,
+                    num_decoder_layers=1, mlp_activations=("gelu",))
+  params = nn.unbox(init_variables(config, jax.random.key(0)))["params"]
+  ckpt = str(tmp_path / "ckpt")
+  with checkpoints.manager(ckpt) as mngr:
+    checkpoints.save(mngr, 1, params, {"model_config": config.to_dict(), "vocabulary_fingerprint": "ByteVocabulary:259"})
+  assert cli.main(["export-hf", "--checkpoint", ckpt, "--out", str(tmp_path / "out")]) == 2
+  assert "have no HuggingFace T5 equivalent" in capsys.readouterr().err
+  assert not (tmp_path / "out").exists()
+
+
+def test_bad_checkpoint_paths_and_malformed_jsonl(tmp_path, capsys):
+  assert cli.main(["infer", "--checkpoint", str(tmp_path / "nope"), "--input", "x", "--output", "y"]) == 2
+  assert "checkpoint not found" in capsys.readouterr().err
+  (tmp_path / "other").mkdir()
+  (tmp_path / "other" / "weights.bin").write_bytes(b"x")
+  assert cli.main(["export-hf", "--checkpoint", str(tmp_path / "other"), "--out", str(tmp_path / "o")]) == 2
+  assert "holds no flan-jax checkpoint" in capsys.readouterr().err
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"inputs": "fine"}\n{"inputs": oops}\n')
+  with pytest.raises(UserError, match=r"bad.jsonl:2: malformed JSON line"):
+    inference.read_jsonl(str(bad))
+
+
+# --- infer and eval end to end on a tiny model with the T5 vocabulary ---
+
+@pytest.fixture(scope="module")
+def tiny_t5_checkpoint(tmp_path_factory, shared_data):
+  root = tmp_path_factory.mktemp("tiny")
+  hf_dir = str(root / "hf")
+  hf_reference.build(dict(hf_reference.V10_CONFIG)).save_pretrained(hf_dir)
+  return hf.import_hf(hf_dir, str(root / "ckpt"), vocabulary=os.path.join(shared_data, "t5_vocab", "spiece.model"))
+
+
+def test_infer_predict_and_score_jsonl(tiny_t5_checkpoint, tmp_path, capsys):
+  src = tmp_path / "in.jsonl"
+  src.write_text('{"inputs": "What is the capital of France?", "targets": "Paris"}\n'
+                 '{"inputs": "2 + 2 =", "targets": "4"}\n{"inputs": "Hello", "targets": "Hi"}\n')
+  out = tmp_path / "pred.jsonl"
+  assert cli.main(["infer", "--checkpoint", tiny_t5_checkpoint, "--input", str(src), "--output", str(out),
+                   "--max_decode_length", "8", "--batch_size", "2"]) == 0
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [r["inputs"] for r in rows] == ["What is the capital of France?", "2 + 2 =", "Hello"]
+  assert all(isinstance(r["prediction"], str) for r in rows)
+  scored = tmp_path / "score.jsonl"
+  assert cli.main(["infer", "--checkpoint", tiny_t5_checkpoint, "--input", str(src), "--output", str(scored),
+                   "--mode", "score", "--max_decode_length", "8", "--batch_size", "2"]) == 0
+  ll = [json.loads(line)["log_likelihood"] for line in scored.read_text().splitlines()]
+  # the same numbers as scoring one by one (batch padding does not leak into the results)
+  model = inference.load(tiny_t5_checkpoint)
+  single = inference.score(model, ["Hello"], ["Hi"], inference.Settings(batch_size=1, max_decode_length=8))
+  assert len(ll) == 3 and all(x < 0 for x in ll) and abs(ll[2] - single[0]) <= 1e-4
+
+
+def test_eval_mmlu_and_bbh_end_to_end(tiny_t5_checkpoint, tmp_path, capsys):
+  out = tmp_path / "results.json"
+  code = cli.main(["eval", "--checkpoint", tiny_t5_checkpoint, "--tasks", "mmlu", "bbh_cot", "bbh_direct",
+                   "--max_examples", "2", "--max_decode_length", "8", "--batch_size", "8",
+                   "--inputs_length", "256", "--output", str(out)])
+  assert code == 0
+  printed = capsys.readouterr().out
+  assert "average: mmlu" in printed and "average: bbh_cot" in printed and "mmlu_abstract_algebra" in printed
+  results = json.loads(out.read_text())
+  assert len([t for t in results["tasks"] if t.startswith("mmlu_")]) == 9
+  assert len([t for t in results["tasks"] if t.startswith("bbh_") and t.endswith("_cot")]) == 24
+  mmlu = results["tasks"]["mmlu_abstract_algebra"]
+  assert mmlu["method"] == "rank_classification" and set(mmlu["predictions"]) <= set("ABCD")
+  assert results["tasks"]["bbh_navigate_cot"]["method"] == "generation"
+  assert 0.0 <= results["groups"]["mmlu"] <= 1.0
+
+
+def test_answer_extraction():
+  from flan_jax.evaluation import answer_of
+  assert answer_of("Step one. So the answer is (B).") == "(B)"
+  assert answer_of("16 - 7 = 9.\nThe answer is 9.") == "9"
+  assert answer_of("  Yes ") == "Yes"
