@@ -57,6 +57,7 @@ def _infer(args):
   registration.import_task_modules(registration.DEFAULT_TASK_MODULES + tuple(args.module))
   if bool(args.task) == bool(args.input):
     raise UserError("infer needs exactly one of --task NAME or --input FILE.jsonl")
+  _start_processes(args)
   model = inference.load(args.checkpoint)
   if args.task:
     records = []
@@ -138,9 +139,15 @@ def _model_info(args):
         f"{time.time() - start:.1f}s with compilation")
 
 
+def _start_processes(args):
+  from flan_jax import distributed
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+
+
 def _train(args):
-  from flan_jax import gin_utils, train
+  from flan_jax import distributed, gin_utils, train  # noqa: F401  (distributed is gin-configurable)
   gin_utils.parse(args.gin_file, args.gin_bindings, args.gin_search_paths)
+  _start_processes(args)
   train.train()
 
 
@@ -155,6 +162,12 @@ def _tasks(args):
     lines = listing.show_lines(args.name, args.split, args.n, {"inputs": args.inputs_length,
                                                                "targets": args.targets_length})
   print("\n".join(lines))
+
+
+def _add_process_flags(p):
+  p.add_argument("--coordinator_address", help="multi-process: host:port of process 0 (see flan_jax.distributed)")
+  p.add_argument("--num_processes", type=int)
+  p.add_argument("--process_id", type=int)
 
 
 def _add_gin_flags(p):
@@ -194,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     if name == "infer":
+      _add_process_flags(p)
       p.add_argument("--task", help="task or mixture name")
       p.add_argument("--input", help='JSONL with {"inputs": ...} (and "targets" to score)')
       p.add_argument("--mode", choices=["predict", "score"], default="predict")
@@ -213,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("train", help="gin-configured Flan finetuning (resumes from MODEL_DIR)")
   _add_gin_flags(p)
+  _add_process_flags(p)
   p.set_defaults(run=_train)
 
   p = sub.add_parser("tasks", help="list registered tasks and mixtures, or show formatted examples")

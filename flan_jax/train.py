@@ -59,7 +59,8 @@ def _existing_checkpoint(directory: str):
 def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
           mixture_or_task_module: str | None = None, task_feature_lengths: dict = gin.REQUIRED,
           train_steps: int = gin.REQUIRED, batch_size: int = gin.REQUIRED, random_seed: int = 0,
-          initial_checkpoint_path: str | None = None, pack: bool = True, z_loss: float = 1e-4,
+          initial_checkpoint_path: str | None = None, pack: bool = True, shuffle: bool = True,
+          z_loss: float = 1e-4,
           loss_normalizing_factor: float | None = None, num_microbatches: int = 1,
           checkpoint_period: int = 1000, keep_checkpoints: int = 3, eval_period: int = 0,
           eval_tasks: tuple = (), eval_split: str = "validation", eval_batch_size: int = 32,
@@ -123,9 +124,10 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     meta = {"model_config": config.to_dict(), "vocabulary": _vocab_path(vocabulary),
             "vocabulary_fingerprint": vocab_id,
             "data": {"mixture_or_task_name": mixture_or_task_name, "task_feature_lengths": dict(task_feature_lengths),
-                     "batch_size": batch_size, "random_seed": random_seed, "pack": pack}}
+                     "batch_size": batch_size, "random_seed": random_seed, "pack": pack, "shuffle": shuffle}}
     ds = pipeline.get_dataset(mixture_or_task_name, "train", task_feature_lengths, seed=random_seed, pack=pack,
-                              shard_info=pipeline.host_shard(), batch_size=batch_size // jax.process_count())
+                              shuffle=shuffle, shard_info=pipeline.host_shard(),
+                              batch_size=batch_size // jax.process_count())
     batches = pipeline.iterate(ds.skip(start_step))  # the data position is the number of batches consumed
 
     step_fn = trainer.jit_train_step(

@@ -157,3 +157,32 @@ def test_microbatches_equal_the_full_batch(tmp_path):
   assert abs(a[2] - b[2]) <= 1e-5
   diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(_params(full, 2), _params(micro, 2)))
   assert diff <= 1e-5
+
+
+def _free_port():
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process_on_four_devices(tmp_path):
+  """2 processes x 2 fake CPU devices (gloo) against 1 process x 4 devices: the same global batches (one task,
+  in order, unpacked, so the two hosts' shards together are the single host's batch) give the same losses."""
+  same_data = ["--gin.MIXTURE_OR_TASK_NAME='demo_arithmetic'", "--gin.train.pack=False",
+               "--gin.train.shuffle=False", "--gin.make_mesh.data_parallel=4"]
+  single = run_subprocess(tmp_path / "single", 3, *same_data,
+                          env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"})
+  assert single.returncode == 0, single.stdout + single.stderr
+  port = _free_port()
+  procs = [run_subprocess(tmp_path / "multi", 3, *same_data, f"--coordinator_address=127.0.0.1:{port}",
+                          "--num_processes=2", f"--process_id={i}", wait=False,
+                          env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"})
+           for i in range(2)]
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), outputs
+  assert "mesh data=4 model=1 over 4 of 4 devices" in outputs[0]
+  a, b = train_losses(tmp_path / "single"), train_losses(tmp_path / "multi")
+  assert sorted(a) == sorted(b) == [1, 2, 3]
+  assert max(abs(a[s] - b[s]) for s in a) <= 1e-5, (a, b)
+  assert checkpoints.locate(str(tmp_path / "multi" / "checkpoints"))[1] == 3

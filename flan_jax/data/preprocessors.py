@@ -1,11 +1,15 @@
 """The seqio preprocessor that renders raw examples into Flan-formatted `inputs` / `targets` strings.
 
-Rendering is Python (flan_jax.data.formats) run inside tf.data through `tf.numpy_function`; the per-example
-seed comes from seqio's seed manager (`map_over_dataset(num_seeds=1)`), so a dataset seed fixes the stream.
+Rendering is Python (flan_jax.data.formats) run inside tf.data through `tf.numpy_function`. Each example's
+format, template and exemplars come from a hash of the task name and the example itself, so an example is
+rendered the same way whatever its position, epoch or host shard (a multi-host run sees exactly the examples
+a single-host run does); the dataset seed still fixes the shuffled order.
 """
 
+import json
+import zlib
+
 import numpy as np
-import seqio
 import tensorflow as tf
 
 from flan_jax.data import formats
@@ -54,10 +58,10 @@ def flan_preprocessor(task: str, templates: formats.FlanTemplates, to_fields, ex
     fits = ((lambda text: len(vocabulary.encode(text)) + 1 <= max_len) if vocabulary and max_len
             else (lambda text: True))
 
-    def render(seed, *values):
+    def render(*values):
       try:
         fields = to_fields({k: to_python(v) for k, v in zip(keys, values)})
-        rng = np.random.default_rng([int(s) & 0xFFFFFFFF for s in seed])
+        rng = np.random.default_rng([zlib.crc32(task.encode()), zlib.crc32(json.dumps(fields, sort_keys=True).encode())])
         choice = formats.choose(rng, templates)
         exemplars = []
         if choice.format.startswith("few_shot") and pool:
@@ -68,14 +72,12 @@ def flan_preprocessor(task: str, templates: formats.FlanTemplates, to_fields, ex
         raise ValueError(f"{ERROR_MARK}<<{e}>>") from e
       return inputs.encode("utf-8"), targets.encode("utf-8")
 
-    @seqio.map_over_dataset(num_seeds=1)
-    def fmt(ex, seed):
+    def fmt(ex):
       flat = flatten(ex)
-      inputs, targets = tf.numpy_function(render, [seed] + [flat[k] for k in keys], [tf.string, tf.string],
-                                          stateful=False)
+      inputs, targets = tf.numpy_function(render, [flat[k] for k in keys], [tf.string, tf.string], stateful=False)
       return {"inputs": tf.ensure_shape(inputs, []), "targets": tf.ensure_shape(targets, [])}
 
-    return fmt(dataset)
+    return dataset.map(fmt, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   return preprocess
 
