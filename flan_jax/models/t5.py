@@ -72,7 +72,9 @@ class Dense(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", nn.with_logical_partitioning(_init(self.stddev), self.axes),
                         (x.shape[-1], self.features), jnp.float32)
-    return jnp.dot(x, kernel.astype(self.dtype))
+    # A 2D matmul: XLA's CPU backward pass is about twice as fast as for the [batch, length, in] form.
+    y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel.astype(self.dtype))
+    return y.reshape(x.shape[:-1] + (self.features,))
 
 
 class RMSNorm(nn.Module):
@@ -140,7 +142,9 @@ class Attention(nn.Module):
     c = self.config
     inner = c.num_heads * c.d_kv
     proj = functools.partial(Dense, inner, ("embed", "joined_kv"), dtype=c.dtype)
-    split = lambda x: constrain(x.reshape(x.shape[:2] + (c.num_heads, c.d_kv)), ("batch", "length", "heads", "kv"))
+    # [batch, heads, length, kv]: the layout whose einsums (and their gradients) need no transposes inside.
+    split = lambda x: constrain(x.reshape(x.shape[:2] + (c.num_heads, c.d_kv)).transpose(0, 2, 1, 3),
+                                ("batch", "heads", "length", "kv"))
     q = split(proj(stddev=(c.d_model * c.d_kv) ** -0.5, name="query")(inputs_q))
     if decode and cross and decode == "step":
       k, v = self.get_variable("cache", "key"), self.get_variable("cache", "value")
@@ -151,14 +155,14 @@ class Attention(nn.Module):
       self.put_variable("cache", "key", k if cross else jnp.zeros_like(k))
       self.put_variable("cache", "value", v if cross else jnp.zeros_like(v))
     elif decode == "step" and not cross:
-      k = jax.lax.dynamic_update_slice(self.get_variable("cache", "key"), k, (0, index, 0, 0))
-      v = jax.lax.dynamic_update_slice(self.get_variable("cache", "value"), v, (0, index, 0, 0))
+      k = jax.lax.dynamic_update_slice(self.get_variable("cache", "key"), k, (0, 0, index, 0))
+      v = jax.lax.dynamic_update_slice(self.get_variable("cache", "value"), v, (0, 0, index, 0))
       self.put_variable("cache", "key", k)
       self.put_variable("cache", "value", v)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) + bias
     weights = jax.nn.softmax(logits, axis=-1).astype(c.dtype)
     weights = nn.Dropout(c.dropout_rate)(weights, deterministic=self.deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(inputs_q.shape[:2] + (inner,))
+    out = jnp.einsum("bhqk,bhkd->bhqd", weights, v).transpose(0, 2, 1, 3).reshape(inputs_q.shape[:2] + (inner,))
     out = constrain(out, ("batch", "length", "joined_kv"))
     return Dense(c.d_model, ("joined_kv", "embed"), inner ** -0.5, dtype=c.dtype, name="out")(out)
 

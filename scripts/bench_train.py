@@ -1,0 +1,176 @@
+"""Train-step benchmark: flan-jax against transformers' PyTorch T5 with HF's Adafactor, measured in one run.
+
+    .venv/bin/python scripts/bench_train.py [--shapes 128/32 512/128] [--batch 8] [--steps 5]
+
+Same model (the Flan-T5-small shape, random weights), batch, lengths and optimizer settings (Adafactor, constant
+learning rate 5e-4, factored second moments, update clipping 1.0, parameter scaling), float32. Each framework
+runs in its own subprocess so peak memory (max RSS) is its own. MFU is model FLOPs per second (6 x parameters
+x tokens for the matmuls, plus attention) over the machine's measured float32 matmul peak.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+SMALL = dict(model_type="t5", vocab_size=32128, d_model=512, d_ff=1024, num_heads=6, d_kv=64, num_layers=8,
+             num_decoder_layers=8, feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
+             decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+
+
+def batch(batch_size, inputs, targets, seed=0):
+  rng = np.random.default_rng(seed)
+  enc = rng.integers(2, 32000, (batch_size, inputs))
+  tgt = rng.integers(2, 32000, (batch_size, targets))
+  dec_in = np.concatenate([np.zeros((batch_size, 1), np.int64), tgt[:, :-1]], axis=1)
+  return enc, dec_in, tgt
+
+
+def model_flops(c, batch_size, inputs, targets):
+  """Forward+backward FLOPs of one step (3 x forward; forward = 2 x multiply-adds)."""
+  d, f, inner, layers_e, layers_d = c["d_model"], c["d_ff"], c["num_heads"] * c["d_kv"], c["num_layers"], c["num_decoder_layers"]
+  mlp = 3 * d * f  # gated: wi_0, wi_1, wo
+  attn_proj = 4 * d * inner
+  enc = inputs * layers_e * (mlp + attn_proj) + layers_e * 2 * inputs * inputs * inner
+  dec = targets * layers_d * (mlp + 2 * attn_proj) + layers_d * 2 * (targets * targets + targets * inputs) * inner
+  dec += targets * d * c["vocab_size"]
+  return 3 * 2 * batch_size * (enc + dec)
+
+
+def matmul_peak(framework):
+  n = 2048
+  if framework == "jax":
+    import jax
+    import jax.numpy as jnp
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(10):
+      f(a).block_until_ready()
+  else:
+    import torch
+    a = torch.ones(n, n)
+    a @ a
+    start = time.perf_counter()
+    for _ in range(10):
+      a @ a
+  return 10 * 2 * n ** 3 / (time.perf_counter() - start)
+
+
+def run_jax(shape, batch_size, steps):
+  import jax
+  import jax.numpy as jnp
+
+  from flan_jax import partitioning, trainer
+  from flan_jax.hf import config_from_hf
+  from flan_jax.optim import adafactor
+
+  config = config_from_hf(SMALL)
+  tx = adafactor(learning_rate=5e-4)
+  mesh = partitioning.make_mesh()
+  shardings = trainer.Shardings(config, tx, mesh)
+  state = trainer.init_state(config, tx, shardings, jax.random.key(0))
+  step = trainer.jit_train_step(trainer.make_train_step(config, tx, z_loss=0.0), shardings)
+  enc, dec_in, tgt = batch(batch_size, *shape)
+  features = {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in, "decoder_target_tokens": tgt,
+              "decoder_loss_weights": (tgt > 0).astype(np.int32)}
+  features = partitioning.global_batch({k: np.asarray(v, np.int32) for k, v in features.items()}, mesh)
+  key = jax.random.key(1)
+  start = time.perf_counter()
+  state, metrics = step(state, features, key)
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - start
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = step(state, features, key)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  return {"seconds": float(np.median(times)), "compile": compile_s, "loss": float(metrics["loss"]),
+          "peak": matmul_peak("jax")}
+
+
+def run_torch(shape, batch_size, steps):
+  import torch
+  import transformers
+  from transformers.optimization import Adafactor
+
+  torch.manual_seed(0)
+  model = transformers.T5ForConditionalGeneration(transformers.T5Config(**SMALL))
+  model.lm_head.weight = torch.nn.Parameter(torch.randn(SMALL["vocab_size"], SMALL["d_model"]) * 0.05)
+  model.train()
+  opt = Adafactor(model.parameters(), lr=5e-4, relative_step=False, scale_parameter=True, warmup_init=False,
+                  clip_threshold=1.0, decay_rate=-0.8, beta1=None)
+  enc, dec_in, tgt = (torch.as_tensor(x) for x in batch(batch_size, *shape))
+
+  def one():
+    loss = model(input_ids=enc, decoder_input_ids=dec_in, labels=tgt).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+  start = time.perf_counter()
+  one()
+  first = time.perf_counter() - start
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    loss = one()
+    times.append(time.perf_counter() - start)
+  return {"seconds": float(np.median(times)), "compile": first, "loss": float(loss), "peak": matmul_peak("torch"),
+          "threads": torch.get_num_threads()}
+
+
+def child(framework, shape, batch_size, steps):
+  shape = tuple(int(x) for x in shape.split("/"))
+  result = (run_jax if framework == "jax" else run_torch)(shape, batch_size, steps)
+  result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  print("RESULT " + json.dumps(result))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--shapes", nargs="+", default=["128/32", "512/128"])
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--child", nargs=2, metavar=("FRAMEWORK", "SHAPE"), help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    return child(args.child[0], args.child[1], args.batch, args.steps)
+  print(f"Flan-T5-small shape, batch {args.batch}, float32, median of {args.steps} steps after a warm-up step; "
+        f"{os.cpu_count()} CPU cores")
+  print("| inputs/targets | framework | s/step | first step (compile) | tokens/s | MFU | peak RSS MB |")
+  # MFU's denominator: printed below each shape.
+  print("|---|---|---:|---:|---:|---:|---:|")
+  for shape in args.shapes:
+    results = {}
+    for framework in ("jax", "torch"):
+      out = subprocess.run([sys.executable, __file__, "--child", framework, shape, "--batch", str(args.batch),
+                            "--steps", str(args.steps)], capture_output=True, text=True, env={**os.environ,
+                            "TF_CPP_MIN_LOG_LEVEL": "3"})
+      line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+      if not line:
+        raise SystemExit(f"{framework} {shape} failed:\n{out.stdout}\n{out.stderr[-3000:]}")
+      results[framework] = json.loads(line[0][len("RESULT "):])
+    inputs, targets = (int(x) for x in shape.split("/"))
+    flops = model_flops(SMALL, args.batch, inputs, targets)
+    peak = max(r["peak"] for r in results.values())  # the machine's: the faster of XLA's and torch's matmul
+    for framework, name in (("jax", "flan-jax"), ("torch", "transformers + HF Adafactor")):
+      r = results[framework]
+      print(f"| {shape} | {name} | {r['seconds']:.3f} | {r['compile']:.1f} | "
+            f"{args.batch * (inputs + targets) / r['seconds']:.0f} | {flops / r['seconds'] / peak:.1%} | {r['max_rss_mb']:.0f} |", flush=True)
+    print(f"| {shape} | measured float32 matmul peak: XLA {results['jax']['peak'] / 1e9:.0f}, torch "
+          f"{results['torch']['peak'] / 1e9:.0f} GFLOP/s | | | | | |")
+    print(f"| {shape} | ratio (transformers s/step / flan-jax s/step) | **{results['torch']['seconds'] / results['jax']['seconds']:.2f}x** | | | | |",
+          flush=True)
+
+
+if __name__ == "__main__":
+  main()
