@@ -25,7 +25,7 @@ def manager(directory: str, max_to_keep: int | None = None, best_metric: str | N
       max_to_keep=max_to_keep, create=create,
       best_fn=(lambda metrics: metrics[best_metric]) if best_metric else None,
       best_mode=best_mode, keep_checkpoints_without_metrics=True)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+  return ocp.CheckpointManager(_abs(directory), options=options,
                                item_names=(PARAMS, OPT_STATE, META))
 
 
@@ -39,19 +39,22 @@ def save(mngr: ocp.CheckpointManager, step: int, params, meta: dict, opt_state=N
     mngr.wait_until_finished()
 
 
+def _abs(path: str) -> str:
+  return str(path) if "://" in str(path) else os.path.abspath(path)
+
+
 def locate(path: str) -> tuple[str, int]:
-  """(checkpoint root, step) for a root directory (its latest step) or one step's directory."""
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
+  """(checkpoint root, step) for a root directory (its latest step) or one step's directory.
+  Paths may be local or remote (gs://...)."""
+  path = epath.Path(_abs(path))
+  if not path.is_dir():
     raise UserError(f"checkpoint not found: {path} does not exist")
-  name = os.path.basename(path)
-  if re.fullmatch(r"\d+", name) and os.path.isdir(os.path.join(path, META)):
-    return os.path.dirname(path), int(name)
-  steps = [int(d) for d in os.listdir(path)
-           if re.fullmatch(r"\d+", d) and os.path.isdir(os.path.join(path, d, META))]
+  if re.fullmatch(r"\d+", path.name) and (path / META).is_dir():
+    return str(path.parent), int(path.name)
+  steps = [int(d.name) for d in path.iterdir() if re.fullmatch(r"\d+", d.name) and (d / META).is_dir()]
   if not steps:
     raise UserError(f"{path} holds no flan-jax checkpoint (no <step>/meta directory)")
-  return path, max(steps)
+  return str(path), max(steps)
 
 
 def read_meta(path: str) -> tuple[str, int, dict]:
@@ -68,9 +71,9 @@ def model_config(meta: dict) -> T5Config:
 
 def vocabulary_path(root: str, meta: dict) -> str | None:
   """The vocabulary stored beside the checkpoint, else the path recorded in its meta."""
-  local = os.path.join(root, VOCAB_FILE)
-  if os.path.isfile(local):
-    return local
+  local = epath.Path(root) / VOCAB_FILE
+  if local.is_file():
+    return str(local)
   return meta.get("vocabulary")
 
 
@@ -78,7 +81,7 @@ def restore(path: str, abstract_params=None, abstract_opt_state=None):
   """(params, opt_state or None, meta, step). Abstract targets carry shardings for a sharded restore."""
   root, step, meta = read_meta(path)
   items = {PARAMS: ocp.args.StandardRestore(abstract_params)}
-  has_opt = os.path.isdir(os.path.join(root, str(step), OPT_STATE))
+  has_opt = (epath.Path(root) / str(step) / OPT_STATE).is_dir()
   if abstract_opt_state is not None:
     if not has_opt:
       raise UserError(f"{root}/{step} has no optimizer state to resume from")

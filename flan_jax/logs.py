@@ -1,11 +1,11 @@
 """Training output: a console line every few seconds, TensorBoard scalars, train_log.jsonl, a loss-curve PNG."""
 
 import json
-import os
 import time
 
 import jax
 from clu import metric_writers
+from etils import epath
 
 LOG_FILE = "train_log.jsonl"
 
@@ -15,18 +15,22 @@ def format_metrics(step: int, metrics: dict) -> str:
 
 
 class MetricWriter:
-  """TensorBoard event files in MODEL_DIR and a JSON line per write (process 0 only)."""
+  """TensorBoard event files in MODEL_DIR and a JSON line per write (process 0 only).
+
+  The log is rewritten whole on each write (object stores such as gs:// cannot append); it stays small.
+  """
 
   def __init__(self, model_dir: str):
     self.lead = jax.process_index() == 0
     self.tb = metric_writers.create_default_writer(model_dir, just_logging=not self.lead, asynchronous=False)
-    self.path = os.path.join(model_dir, LOG_FILE)
+    self.path = epath.Path(model_dir) / LOG_FILE
+    self.lines = self.path.read_text().splitlines(keepends=True) if self.lead and self.path.exists() else []
 
   def write(self, step: int, scalars: dict) -> None:
     self.tb.write_scalars(step, scalars)
     if self.lead:
-      with open(self.path, "a") as f:
-        f.write(json.dumps({"step": step, **scalars}) + "\n")
+      self.lines.append(json.dumps({"step": step, **scalars}) + "\n")
+      self.path.write_text("".join(self.lines))
 
   def close(self) -> None:
     self.tb.flush()
@@ -73,14 +77,13 @@ def _duration(seconds: float) -> str:
 
 def read_log(model_dir: str) -> list[dict]:
   """Logged rows, the last one per (step, kind) winning: a resumed run rewrites steps after its checkpoint."""
-  path = os.path.join(model_dir, LOG_FILE)
-  if not os.path.isfile(path):
+  path = epath.Path(model_dir) / LOG_FILE
+  if not path.is_file():
     return []
   rows = {}
-  with open(path) as f:
-    for line in f:
-      row = json.loads(line)
-      rows[(row["step"], tuple(sorted(k for k in row if k != "step")))] = row
+  for line in path.read_text().splitlines():
+    row = json.loads(line)
+    rows[(row["step"], tuple(sorted(k for k in row if k != "step")))] = row
   return [rows[k] for k in sorted(rows)]
 
 
@@ -103,7 +106,8 @@ def plot_loss_curve(model_dir: str) -> str | None:
   ax.set_ylabel("loss")
   ax.legend()
   ax.grid(alpha=0.3)
-  path = os.path.join(model_dir, "loss_curve.png")
-  fig.savefig(path, dpi=100, bbox_inches="tight")
+  path = epath.Path(model_dir) / "loss_curve.png"
+  with path.open("wb") as f:
+    fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
   plt.close(fig)
-  return path
+  return str(path)

@@ -42,14 +42,18 @@ def axis_rules():
   return nn.logical_axis_rules(LOGICAL_AXIS_RULES)
 
 
+def param_specs(boxed_abstract):
+  """Mesh PartitionSpecs of a tree of LogicallyPartitioned abstract values (from jax.eval_shape of init)."""
+  return nn.logical_to_mesh(nn.get_partition_spec(boxed_abstract), LOGICAL_AXIS_RULES)
+
+
 def param_shardings(boxed_abstract, mesh: Mesh):
-  """NamedShardings of a tree of LogicallyPartitioned abstract values (from jax.eval_shape of init)."""
-  specs = nn.get_partition_spec(boxed_abstract)
-  return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_AXIS_RULES)
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(boxed_abstract),
+                      is_leaf=lambda x: isinstance(x, P))
 
 
-def opt_state_shardings(abstract_opt_state, abstract_params, params_shardings, mesh: Mesh):
-  """Optimizer-state shardings derived from the parameters'.
+def opt_state_specs(abstract_opt_state, abstract_params, specs):
+  """Optimizer-state PartitionSpecs derived from the parameters'.
 
   Optimizer states hold trees shaped like the parameters (Adafactor: full moments, or factored row/column
   statistics whose shape drops one dimension). A full-shape leaf is sharded like its parameter, a factored
@@ -67,13 +71,31 @@ def opt_state_shardings(abstract_opt_state, abstract_params, params_shardings, m
         return P(*(full[:drop] + full[drop + 1:]))
     return P()
 
-  def shard(node):
+  def spec_tree(node):
     if jax.tree.structure(node) == param_def:
-      return jax.tree.map(lambda leaf, param, sharding: NamedSharding(mesh, leaf_spec(leaf, param, sharding.spec)),
-                          node, abstract_params, params_shardings)
-    return jax.tree.map(lambda _: NamedSharding(mesh, P()), node)
+      return jax.tree.map(leaf_spec, node, abstract_params, specs, is_leaf=lambda x: isinstance(x, P))
+    return jax.tree.map(lambda _: P(), node)
 
-  return jax.tree.map(shard, abstract_opt_state, is_leaf=lambda n: jax.tree.structure(n) == param_def)
+  return jax.tree.map(spec_tree, abstract_opt_state, is_leaf=lambda n: jax.tree.structure(n) == param_def)
+
+
+def opt_state_shardings(abstract_opt_state, abstract_params, params_shardings, mesh: Mesh):
+  specs = jax.tree.map(lambda s: s.spec, params_shardings)
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec),
+                      opt_state_specs(abstract_opt_state, abstract_params, specs), is_leaf=lambda x: isinstance(x, P))
+
+
+def per_device_bytes(abstract_tree, specs, mesh_shape: dict) -> int:
+  """Bytes one device holds of a sharded tree: each dimension divided (rounded up) by its mesh axes."""
+  total = 0
+  for leaf, spec in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))):
+    shape = list(leaf.shape)
+    for i, axes in enumerate(spec):
+      for axis in (axes if isinstance(axes, tuple) else (axes,)):
+        if axis:
+          shape[i] = -(-shape[i] // mesh_shape[axis])
+    total += int(np.prod(shape)) * leaf.dtype.itemsize
+  return total
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

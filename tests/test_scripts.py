@@ -1,0 +1,39 @@
+"""Launch helpers and the memory planner run without the hardware: they print what they would do."""
+
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*cmd):
+  return subprocess.run(list(cmd), cwd=REPO, capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+def test_tpu_vm_script_prints_one_command_for_every_worker():
+  out = _run("bash", "scripts/tpu_vm.sh", "my-tpu", "us-central2-b", "https://example.invalid/flan-jax.git", "--",
+             "train", "--gin_file=models/xxl.gin", "--gin.MODEL_DIR='gs://bucket/run'")
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.splitlines()
+  assert len(lines) == 2 and all("--worker=all" in line for line in lines)
+  assert "FLAN_JAX_DISTRIBUTED=auto .venv/bin/flan-jax train --gin_file=models/xxl.gin" in lines[1]
+
+
+def test_gpu_node_script_sets_the_coordinator_for_multi_node():
+  out = _run("bash", "scripts/gpu_node.sh", "--nodes", "2", "--node_rank", "1", "--coordinator", "10.0.0.1:1234",
+             "--", "train", "--gin_file=models/xl.gin")
+  assert out.returncode == 0, out.stderr
+  assert ("FLAN_JAX_COORDINATOR_ADDRESS=10.0.0.1:1234 FLAN_JAX_NUM_PROCESSES=2 FLAN_JAX_PROCESS_ID=1 "
+          ".venv/bin/flan-jax train --gin_file=models/xl.gin") in out.stdout
+  assert _run("bash", "scripts/gpu_node.sh", "--nodes", "2", "--", "train").returncode == 2
+  assert _run("bash", "-n", "scripts/slurm.sbatch").returncode == 0
+
+
+def test_memory_plan_for_xxl_on_v5e():
+  out = _run(sys.executable, "scripts/plan_memory.py", "--size", "xxl", "--mesh", "4x16", "--device_gib", "16")
+  assert out.returncode == 0, out.stderr
+  row = [line for line in out.stdout.splitlines() if line.startswith("| xxl")][0]
+  # 11,135,332,352 float32 parameters over 16-way model parallelism: about 2.6 GiB a device, as many for grads.
+  assert "| xxl (11.14B) | given | 4 x 16 | 2.59 GiB | 2.59 GiB |" in row
