@@ -5,7 +5,6 @@ Batches are padded to `batch_size` rows so each function compiles once.
 """
 
 import dataclasses
-import json
 import os
 
 import jax
@@ -14,6 +13,7 @@ import numpy as np
 import seqio
 
 from flan_jax import checkpoints, decoding
+from flan_jax.data import registration
 from flan_jax.errors import UserError
 from flan_jax.models import T5Config
 from flan_jax.vocab import byte_vocabulary, sentencepiece_vocabulary
@@ -123,22 +123,12 @@ def score(model: Model, inputs: list[str], targets: list[str], settings: Setting
 
 def read_jsonl(path: str) -> list[dict]:
   """Records with an 'inputs' string (and optional 'targets'); errors name the file and line."""
-  if not os.path.isfile(path):
-    raise UserError(f"input file not found: {path}")
-  records = []
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{line_no}: malformed JSON line ({e.msg})") from e
-      if not isinstance(record, dict) or not isinstance(record.get("inputs"), str):
-        raise UserError(f"{path}:{line_no}: expected an object with a string 'inputs'")
-      if "targets" in record and not isinstance(record["targets"], str):
-        raise UserError(f"{path}:{line_no}: 'targets' must be a string")
-      records.append(record)
-  if not records:
-    raise UserError(f"{path}: empty file (no examples)")
-  return records
+
+  def check(record):
+    if not isinstance(record.get("inputs"), str):
+      return "expected an object with a string 'inputs'"
+    if "targets" in record and not isinstance(record["targets"], str):
+      return "'targets' must be a string"
+    return None
+
+  return registration.read_records(path, check)

@@ -77,8 +77,9 @@ def register_records_task(name: str, records_by_split: dict, templates: formats.
                             postprocess_fn)
 
 
-def read_records(path: str) -> list[dict]:
-  """Records of a .jsonl file (one JSON object a line) or a .tsv file with a header row."""
+def read_records(path: str, check=None) -> list[dict]:
+  """Records of a .jsonl file (one JSON object a line) or a .tsv file with a header row. `check(record)`
+  may return a complaint about a record, reported with its file and line."""
   if not os.path.isfile(path):
     raise UserError(f"data file not found: {path}")
   records = []
@@ -99,6 +100,9 @@ def read_records(path: str) -> list[dict]:
           raise UserError(f"{path}:{line_no}: malformed JSON line ({e.msg})") from e
         if not isinstance(record, dict):
           raise UserError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+        complaint = check(record) if check else None
+        if complaint:
+          raise UserError(f"{path}:{line_no}: {complaint}")
         records.append(record)
   if not records:
     raise UserError(f"{path}: empty file (no examples)")
