@@ -9,6 +9,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from flan_jax import distributed  # noqa: E402  (gin-configurable: registered before any gin file is parsed)
 from flan_jax.errors import UserError  # noqa: E402
 
 
@@ -140,12 +141,11 @@ def _model_info(args):
 
 
 def _start_processes(args):
-  from flan_jax import distributed
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
 
 
 def _train(args):
-  from flan_jax import distributed, gin_utils, train  # noqa: F401  (distributed is gin-configurable)
+  from flan_jax import gin_utils, train
   gin_utils.parse(args.gin_file, args.gin_bindings, args.gin_search_paths)
   _start_processes(args)
   train.train()

@@ -65,7 +65,6 @@ def matmul_peak(framework):
 
 def run_jax(shape, batch_size, steps):
   import jax
-  import jax.numpy as jnp
 
   from flan_jax import partitioning, trainer
   from flan_jax.hf import config_from_hf

@@ -17,7 +17,7 @@ def main():
   parser.add_argument("--batches", type=int, default=20)
   args = parser.parse_args()
   registration.import_task_modules()
-  print(f"| mixture | inputs/targets | inputs non-pad | targets non-pad | examples per row | examples/s |")
+  print("| mixture | inputs/targets | inputs non-pad | targets non-pad | examples per row | examples/s |")
   print("|---|---|---:|---:|---:|---:|")
   for name in args.mixture:
     for lengths in args.lengths:

@@ -1,6 +1,5 @@
 """Training: mesh-sharded steps equal single-device ones, exact resume, crash safety, NaN stop, bad input."""
 
-import json
 import os
 import signal
 import subprocess
