@@ -228,3 +228,16 @@ def test_tasks_show_unknown_name_is_one_line(capsys):
   err = capsys.readouterr().err.strip()
   assert err.startswith("flan-jax: error: unknown task or mixture 'demo_sortt'; closest: demo_sort")
   assert "\n" not in err
+
+
+def test_tasks_show_a_users_module_from_the_current_directory(tmp_path, monkeypatch, capsys):
+  (tmp_path / "qa.jsonl").write_text('{"question": "two plus two", "answer": "four"}\n')
+  (tmp_path / "user_tasks_for_test.py").write_text(
+      "from flan_jax.data import register_file_task\nfrom flan_jax.vocab import byte_vocabulary\n"
+      "register_file_task('user_qa', {'train': 'qa.jsonl'}, [('Answer: {question}', '{answer}')], byte_vocabulary())\n")
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(["tasks", "show", "user_qa", "--module", "user_tasks_for_test", "--n", "1"]) == 0
+  out = capsys.readouterr().out
+  assert "Answer: two plus two" in out and "four" in out
+  assert cli.main(["tasks", "list", "--module", "no_such_tasks_module"]) == 2
+  assert "task module 'no_such_tasks_module' not found" in capsys.readouterr().err

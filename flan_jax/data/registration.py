@@ -168,8 +168,12 @@ DEFAULT_TASK_MODULES = ("tasks.demo", "tasks.shared_data", "tasks.held_out", "ta
 
 
 def import_task_modules(modules=DEFAULT_TASK_MODULES) -> None:
-  """Import modules that register tasks (t5x's MIXTURE_OR_TASK_MODULE); a missing one is a UserError."""
+  """Import modules that register tasks (t5x's MIXTURE_OR_TASK_MODULE); a missing one is a UserError.
+  The current directory is searched too, so `--module my_tasks` finds ./my_tasks.py."""
   import importlib
+  import sys
+  if os.getcwd() not in sys.path:
+    sys.path.append(os.getcwd())
   for module in modules:
     if not module:
       continue
