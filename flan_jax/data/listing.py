@@ -20,8 +20,7 @@ def list_lines() -> list[str]:
   for name in sorted(seqio.TaskRegistry.names()):
     task = seqio.TaskRegistry.get(name)
     try:
-      counts = ", ".join(f"{s} {_examples(task, s) if _examples(task, s) is not None else '?'}"
-                         for s in task.splits)
+      counts = ", ".join(f"{s} {n if n is not None else '?'}" for s in task.splits for n in [_examples(task, s)])
     except ValueError:  # a TFDS source whose data is not prepared here
       counts = "data not available (prepare it with TFDS)"
     lines.append(f"{name:50} {counts}")

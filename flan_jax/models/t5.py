@@ -193,8 +193,8 @@ class Attention(nn.Module):
       self.put_variable("cache", "value", v)
     keep = jnp.ones((), c.dtype)
     if c.dropout_rate > 0 and not self.deterministic:
-      keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - c.dropout_rate, bias.shape[:1] + (
-          c.num_heads,) + bias.shape[2:3] + (k.shape[2],)).astype(c.dtype) / (1.0 - c.dropout_rate)
+      keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - c.dropout_rate,
+                                  q.shape[:3] + k.shape[2:3]).astype(c.dtype) / (1.0 - c.dropout_rate)
     out = attend(q, k, v, bias, keep).transpose(0, 2, 1, 3).reshape(inputs_q.shape[:2] + (inner,))
     out = constrain(out, ("batch", "length", "joined_kv"))
     return Dense(c.d_model, ("joined_kv", "embed"), inner ** -0.5, dtype=c.dtype, name="out")(out)
