@@ -6,6 +6,8 @@ Bad input (UserError) prints one line `flan-jax: error: ...` and exits 2, with n
 import argparse
 import os
 import sys
+import traceback
+from typing import NoReturn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -32,20 +34,13 @@ def _settings(args):
                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
 
 
-class _Progress:
-  """A progress line every few seconds: examples done, examples per second."""
+def _stderr(line: str) -> None:
+  print(line, file=sys.stderr, flush=True)
 
-  def __init__(self, label, period=5.0):
-    import time
-    self.time, self.label, self.period = time, label, period
-    self.start = self.last = time.time()
 
-  def __call__(self, done, total):
-    now = self.time.time()
-    if now - self.last >= self.period or done == total:
-      rate = done / max(now - self.start, 1e-9)
-      print(f"{self.label}: {done}/{total} examples, {rate:.1f} examples/s", file=sys.stderr, flush=True)
-      self.last = now
+def _progress(label: str, total: int):
+  from flan_jax import logs
+  return logs.Progress(0, total, 5.0, _stderr, label=label, unit="examples")
 
 
 def _infer(args):
@@ -55,7 +50,7 @@ def _infer(args):
 
   from flan_jax import evaluation, inference
   from flan_jax.data import registration
-  registration.import_task_modules(registration.DEFAULT_TASK_MODULES + tuple(args.module))
+  registration.import_task_modules(args.module)
   if bool(args.task) == bool(args.input):
     raise UserError("infer needs exactly one of --task NAME or --input FILE.jsonl")
   _start_processes(args)
@@ -76,10 +71,10 @@ def _infer(args):
   settings = _settings(args)
   inputs = [r["inputs"] for r in records]
   if args.mode == "predict":
-    values = inference.predict(model, inputs, settings, _Progress("predict"))
+    values = inference.predict(model, inputs, settings, _progress("predict", len(inputs)))
     key = "prediction"
   else:
-    values = inference.score(model, inputs, [r["targets"] for r in records], settings, _Progress("score"))
+    values = inference.score(model, inputs, [r["targets"] for r in records], settings, _progress("score", len(inputs)))
     key = "log_likelihood"
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output + ".tmp", "w") as f:
@@ -94,10 +89,10 @@ def _eval(args):
 
   from flan_jax import evaluation, inference
   from flan_jax.data import registration
-  registration.import_task_modules(registration.DEFAULT_TASK_MODULES + tuple(args.module))
+  registration.import_task_modules(args.module)
   model = inference.load(args.checkpoint)
   results = evaluation.evaluate(model, args.tasks, _settings(args), args.split, args.max_examples,
-                                log_fn=lambda line: print(line, file=sys.stderr, flush=True))
+                                log_fn=_stderr)
   print(evaluation.table(results))
   if args.output:
     with open(args.output, "w") as f:
@@ -153,8 +148,9 @@ def _train(args):
 
 def _tasks(args):
   from flan_jax.data import listing, registration
-  registration.import_task_modules(registration.DEFAULT_TASK_MODULES + tuple(args.module))
+  registration.import_task_modules(args.module)
   if args.action == "list":
+    registration.import_builtin_tasks()
     lines = listing.list_lines()
   else:
     if not args.name:
@@ -243,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+  """Runs one command; returns the exit code (2 for bad input). Other exceptions propagate."""
   argv = sys.argv[1:] if argv is None else argv
   try:
     from flan_jax import gin_utils
@@ -257,5 +254,23 @@ def main(argv=None) -> int:
   return 0
 
 
+def run(argv=None) -> NoReturn:
+  """The `flan-jax` command: main(), then exit. A failed command ends the process at once, whatever threads
+  (checkpoint saves, TensorBoard writers, tf.data prefetching) are still running: a hung process would hold
+  a TPU slice. A successful one exits normally, so jax.distributed shuts down cleanly."""
+  try:
+    code = main(argv)
+  except KeyboardInterrupt:
+    code = 130
+  except BaseException:  # noqa: BLE001  (any crash: show it, then exit)
+    traceback.print_exc()
+    code = 1
+  sys.stdout.flush()
+  sys.stderr.flush()
+  if code:
+    os._exit(code)
+  sys.exit(0)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  run()

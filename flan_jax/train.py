@@ -8,10 +8,17 @@ step by the held-out metric), TensorBoard event files, `train_log.jsonl` and `lo
 same command resumes from the last complete checkpoint and continues the same data stream.
 """
 
+if __name__ == "__main__":
+  # `python -m flan_jax.train ...` is `flan-jax train ...`. Hand over before this copy of the module (named
+  # __main__) registers a second gin configurable `train` beside the package's flan_jax.train.train.
+  import sys
+  from flan_jax.__main__ import run
+  run(["train"] + sys.argv[1:])
+
 import dataclasses
 import math
 import os
-import sys
+import time
 
 import gin
 import jax
@@ -48,6 +55,43 @@ def resolve_model_config(checkpoint_config: T5Config | None) -> T5Config:
                              remat=gin_config.remat)
 
 
+def _check_settings(s: dict) -> None:
+  """Bad settings end the run with one line before anything is read or written."""
+  def need(ok, message):
+    if not ok:
+      raise UserError(message)
+
+  def integer(name, low):
+    value = s[name]
+    need(isinstance(value, int) and not isinstance(value, bool) and value >= low,
+         f"train.{name} must be an integer >= {low}, got {value!r}")
+
+  need(isinstance(s["model_dir"], str) and s["model_dir"], f"MODEL_DIR must be a path, got {s['model_dir']!r}")
+  need("://" in s["model_dir"] or not os.path.isfile(s["model_dir"]),
+       f"MODEL_DIR {s['model_dir']} is an existing file, not a directory")
+  integer("train_steps", 0)
+  integer("batch_size", 1)
+  integer("num_microbatches", 1)
+  integer("checkpoint_period", 1)
+  integer("keep_checkpoints", 1)
+  integer("eval_period", 0)
+  integer("eval_batch_size", 1)
+  integer("eval_max_examples", 0)
+  lengths = s["task_feature_lengths"]
+  need(isinstance(lengths, dict) and set(lengths) >= {"inputs", "targets"} and
+       all(isinstance(v, int) and v > 0 for v in lengths.values()),
+       f"TASK_FEATURE_LENGTHS must map 'inputs' and 'targets' to positive integers, got {lengths!r}")
+  need(s["z_loss"] >= 0, f"train.z_loss must be >= 0, got {s['z_loss']}")
+  need(s["loss_normalizing_factor"] is None or s["loss_normalizing_factor"] > 0,
+       f"LOSS_NORMALIZING_FACTOR must be None or > 0, got {s['loss_normalizing_factor']}")
+  need(s["log_period_seconds"] >= 0, f"train.log_period_seconds must be >= 0, got {s['log_period_seconds']}")
+  need(s["best_mode"] in ("max", "min"), f"train.best_mode must be 'max' or 'min', got {s['best_mode']!r}")
+  need(not s["best_metric"] or (s["eval_tasks"] and s["eval_period"]),
+       "train.best_metric needs EVAL_TASKS and an EVAL_PERIOD > 0")
+  path = s["initial_checkpoint_path"]
+  need(not path or "://" in path or os.path.exists(path), f"INITIAL_CHECKPOINT_PATH {path} does not exist")
+
+
 def _existing_checkpoint(directory: str):
   try:
     return checkpoints.read_meta(directory)
@@ -68,8 +112,9 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           best_metric: str | None = None, best_mode: str = "max", log_period_seconds: float = 5.0,
           log_fn=print) -> dict:
   """Train; returns the last logged metrics (and the last eval, if any)."""
-  registration.import_task_modules(registration.DEFAULT_TASK_MODULES + ((mixture_or_task_module,) if
-                                                                         mixture_or_task_module else ()))
+  started = time.time()
+  _check_settings(locals())
+  registration.import_task_modules([mixture_or_task_module])
   provider = registration.get_provider(mixture_or_task_name)
   vocabulary = provider.output_features["targets"].vocabulary
   for task in eval_tasks:
@@ -139,7 +184,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
                                     best_mode=best_mode) if best_metric else None
     writer = logs.MetricWriter(model_dir)
     progress = logs.Progress(start_step, train_steps, log_period_seconds, log_fn)
-    last = {}
+    last, last_eval = {}, {}
     try:
       for step in range(start_step, train_steps):
         try:
@@ -171,15 +216,46 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           meta["data"]["batches_consumed"] = done
           checkpoints.save(last_mngr, done, state.params, meta, opt_state=state.opt_state)
         if evaluated:
-          last = {**last, **evaluated}
+          last, last_eval = {**last, **evaluated}, evaluated
     finally:
       writer.close()
       last_mngr.close()
       if best_mngr is not None:
         best_mngr.close()
     if jax.process_index() == 0:
-      logs.plot_loss_curve(model_dir)
+      curve = logs.plot_loss_curve(model_dir)
+      for line in _summary(model_dir, start_step, train_steps, time.time() - started, progress.last_metrics,
+                           last_eval, curve, best_mngr is not None):
+        log_fn(line)
   return {**progress.last_metrics, **last}
+
+
+def _summary(model_dir, start_step, train_steps, seconds, metrics, evaluated, curve, has_best) -> list[str]:
+  """What the run did, where its output is, and what to run next."""
+  ckpt = os.path.join(model_dir, "checkpoints")
+  lines = ["", f"done: steps {start_step} -> {train_steps} in {logs.duration(seconds)}" +
+           (f", final train loss {metrics['loss']:.4f}" if "loss" in metrics else "")]
+  tasks = sorted(k.split("/")[1] for k in evaluated if k.endswith("/loss"))
+  if tasks:
+    lines.append(f"eval at step {train_steps}:")
+    lines.append(f"  {'task':40} {'loss':>8} {'token acc':>10} {'accuracy':>9}")
+    for task in tasks:
+      get = lambda name: evaluated.get(f"eval/{task}/{name}")
+      accuracy = get("accuracy")
+      lines.append(f"  {task:40} {get('loss'):8.4f} {100 * get('token_accuracy'):9.1f}% " +
+                   (f"{100 * accuracy:8.1f}%" if accuracy is not None else f"{'-':>9}"))
+    if "eval/average/accuracy" in evaluated:
+      lines.append(f"  {'average':40} {'':8} {'':10} {100 * evaluated['eval/average/accuracy']:8.1f}%")
+  lines += [f"checkpoints:       {ckpt}" + (f"  (best: {os.path.join(model_dir, 'best')})" if has_best else ""),
+            f"TensorBoard:       tensorboard --logdir {model_dir}",
+            f"log:               {os.path.join(model_dir, logs.LOG_FILE)}"]
+  if curve:
+    lines.append(f"loss curve:        {curve}")
+  lines += ["next:",
+            f"  flan-jax infer --checkpoint {ckpt} --input questions.jsonl --output answers.jsonl",
+            f"  flan-jax eval --checkpoint {ckpt} --tasks TASK_OR_MIXTURE ...",
+            f"  flan-jax export-hf --checkpoint {ckpt} --out exported/"]
+  return lines
 
 
 SHOWN_PARAMS = [("decoder", "logits_dense", "kernel"), ("encoder", "layers_0", "mlp", "wi_0", "kernel")]
@@ -253,6 +329,7 @@ def _make_evaluator(config, shardings, eval_tasks, split, lengths, batch_size, m
         model = inference.Model(config, params, vocabulary, fingerprint(vocabulary))
         result = evaluation.evaluate_task(model, task, split, settings, max_examples)
         out[f"eval/{task}/accuracy"] = result["accuracy"]
+        out.update({f"eval/{task}/{k}": v for k, v in result["metrics"].items()})
     accuracies = [v for k, v in out.items() if k.endswith("/accuracy") and not k.endswith("token_accuracy")]
     if accuracies:
       out["eval/average/accuracy"] = float(np.mean(accuracies))  # a natural best_metric
@@ -260,12 +337,3 @@ def _make_evaluator(config, shardings, eval_tasks, split, lengths, batch_size, m
 
   return evaluate
 
-
-def main(argv=None) -> int:
-  """`python -m flan_jax.train --gin_file=... --gin.NAME=VALUE`; the same as `flan-jax train`."""
-  from flan_jax import cli
-  return cli.main(["train"] + list(sys.argv[1:] if argv is None else argv))
-
-
-if __name__ == "__main__":
-  sys.exit(main())

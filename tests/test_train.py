@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from flan_jax import checkpoints, gin_utils, logs, train
+from flan_jax import checkpoints, cli, gin_utils, logs, train
 from flan_jax.errors import UserError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -185,3 +185,79 @@ def test_two_processes_equal_one_process_on_four_devices(tmp_path):
   assert sorted(a) == sorted(b) == [1, 2, 3]
   assert max(abs(a[s] - b[s]) for s in a) <= 1e-5, (a, b)
   assert checkpoints.locate(str(tmp_path / "multi" / "checkpoints"))[1] == 3
+
+
+# --- a new user's first hour: gin lookup, entry points, strict flags, prompt exits ---
+
+def test_directories_named_like_gin_folders_in_the_working_directory(tmp_path, monkeypatch):
+  """The demo writes runs/demo; a runs/ or models/ directory (even a Python package) in the working directory must
+  not break `include 'runs/finetune.gin'` or `--gin_file=runs/demo.gin`."""
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "runs" / "demo").mkdir(parents=True)
+  (tmp_path / "models").mkdir()
+  (tmp_path / "models" / "__init__.py").write_text("")
+  run_in_process("runs/demo", 2)
+  assert checkpoints.locate(str(tmp_path / "runs" / "demo" / "checkpoints"))[1] == 2
+
+
+@pytest.mark.parametrize("entry", [["-m", "flan_jax.train"], ["-m", "flan_jax", "train"]])
+def test_python_dash_m_entry_points(entry, tmp_path):
+  cmd = [sys.executable] + entry + _bindings(str(tmp_path / "run"), 1)
+  result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "step 1/1" in result.stdout and "done: steps 0 -> 1" in result.stdout
+  assert checkpoints.locate(str(tmp_path / "run" / "checkpoints"))[1] == 1
+
+
+def _train_cli(capsys, *flags):
+  code = cli.main(["train"] + list(flags))
+  return code, capsys.readouterr().err.strip()
+
+
+def test_misspelled_macro_is_an_error_naming_the_closest(tmp_path, capsys):
+  model_dir = tmp_path / "run"
+  code, err = _train_cli(capsys, *_bindings(str(model_dir), 1), "--gin.TRAIN_STEP=100")
+  assert code == 2 and len(err.splitlines()) == 1
+  assert err == ("flan-jax: error: gin binding --gin.TRAIN_STEP: no configurable refers to the macro TRAIN_STEP; "
+                 "did you mean TRAIN_STEPS?")
+  assert not model_dir.exists()
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--gin.BATCH_SIZE=0", "train.batch_size must be an integer >= 1, got 0"),
+    ("--gin.TRAIN_STEPS=-1", "train.train_steps must be an integer >= 0, got -1"),
+    ("--gin.TASK_FEATURE_LENGTHS={'inputs': 0, 'targets': 8}", "TASK_FEATURE_LENGTHS must map 'inputs' and 'targets'"),
+    ("--gin.DROPOUT_RATE=1.0", "DROPOUT_RATE must be in [0, 1), got 1.0"),
+    ("--gin.EVAL_PERIOD=-5", "train.eval_period must be an integer >= 0, got -5"),
+    ("--gin.train.checkpoint_period=0", "train.checkpoint_period must be an integer >= 1, got 0"),
+    ("--gin.LEARNING_RATE=0", "LEARNING_RATE must be > 0"),
+    ("--gin.INITIAL_CHECKPOINT_PATH='/nonexistent/ckpt'", "INITIAL_CHECKPOINT_PATH /nonexistent/ckpt does not exist"),
+])
+def test_bad_settings_are_one_line_and_write_nothing(flag, message, tmp_path, capsys):
+  model_dir = tmp_path / "run"
+  code, err = _train_cli(capsys, *_bindings(str(model_dir), 2), flag)
+  assert code == 2 and len(err.splitlines()) == 1 and err.startswith("flan-jax: error: ")
+  assert message in err
+  assert not model_dir.exists()
+
+
+def test_model_dir_that_is_a_file(tmp_path, capsys):
+  (tmp_path / "afile").write_text("keep me")
+  code, err = _train_cli(capsys, *_bindings(str(tmp_path / "afile"), 2))
+  assert code == 2 and "is an existing file, not a directory" in err
+  assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_a_crash_mid_training_ends_the_process_promptly(tmp_path):
+  proc = run_subprocess(tmp_path / "run", 50, "--gin.train.checkpoint_period=1", env={"FAIL_AT_STEP": "3"},
+                        wait=False)
+  crashed = None
+  for line in proc.stdout:
+    if "RuntimeError: injected failure after step 3" in line:
+      crashed = time.time()
+      break
+  assert crashed, "the injected failure never surfaced"
+  proc.wait(timeout=30)
+  assert proc.returncode == 1
+  assert time.time() - crashed < 30

@@ -1,7 +1,8 @@
 """`flan-jax` in a subprocess for the training tests.
 
 With KILL_DURING_SAVE_STEP=N the process SIGKILLs itself while checkpoint N is being written: after its
-files are in orbax's temporary directory, before the rename that commits it.
+files are in orbax's temporary directory, before the rename that commits it. With FAIL_AT_STEP=N an exception
+is raised in the training loop after step N (a crash that is not bad input).
 """
 
 import os
@@ -20,6 +21,18 @@ if os.environ.get("KILL_DURING_SAVE_STEP"):
 
   atomicity.AtomicRenameTemporaryPath.finalize = finalize
 
+if os.environ.get("FAIL_AT_STEP"):
+  from flan_jax import logs
+
+  _update = logs.Progress.update
+
+  def update(self, done, *args, **kwargs):
+    if done == int(os.environ["FAIL_AT_STEP"]):
+      raise RuntimeError(f"injected failure after step {done}")
+    return _update(self, done, *args, **kwargs)
+
+  logs.Progress.update = update
+
 from flan_jax import cli  # noqa: E402
 
-sys.exit(cli.main(sys.argv[1:]))
+cli.run(sys.argv[1:])

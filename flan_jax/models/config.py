@@ -8,6 +8,8 @@ import json
 
 import gin
 
+from flan_jax.errors import UserError
+
 ACTIVATIONS = ("gelu", "relu", "silu", "linear")
 
 
@@ -40,13 +42,15 @@ class T5Config:
     object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
     for act in self.mlp_activations:
       if act not in ACTIVATIONS:
-        raise ValueError(f"unknown MLP activation {act!r}; expected one of {ACTIVATIONS}")
+        raise UserError(f"unknown MLP activation {act!r}; expected one of {ACTIVATIONS}")
     if self.dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"dtype must be 'float32' or 'bfloat16', not {self.dtype!r}")
+      raise UserError(f"dtype must be 'float32' or 'bfloat16', not {self.dtype!r}")
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise UserError(f"DROPOUT_RATE must be in [0, 1), got {self.dropout_rate}")
     for name in ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers",
                  "num_decoder_layers", "relative_attention_num_buckets", "relative_attention_max_distance"):
       if getattr(self, name) <= 0:
-        raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
+        raise UserError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
 
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
@@ -58,7 +62,7 @@ class T5Config:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-      raise ValueError(f"unknown T5Config fields {unknown}")
+      raise UserError(f"unknown T5Config fields {unknown} (a checkpoint from a newer flan-jax?)")
     return cls(**d)
 
   def to_json(self) -> str:
