@@ -85,7 +85,7 @@ def decode_tokens(vocabulary, tokens: np.ndarray) -> str:
 
 
 def predict(model: Model, inputs: list[str], settings: Settings, progress=None) -> list[str]:
-  """Generated text for each input (greedy, sampled or beam search, per settings)."""
+  """Generated text for each input (greedy, sampled or beam search, per settings); `progress` is a logs.Progress."""
   enc = encode(model.vocabulary, inputs, settings.inputs_length)
   rng = jax.random.key(settings.seed)
   out = []
@@ -102,7 +102,7 @@ def predict(model: Model, inputs: list[str], settings: Settings, progress=None) 
     tokens = np.asarray(tokens)
     out += [decode_tokens(model.vocabulary, tokens[i]) for i in range(end - start)]
     if progress:
-      progress(end, len(inputs))
+      progress.update(end)
   return out
 
 
@@ -117,7 +117,7 @@ def score(model: Model, inputs: list[str], targets: list[str], settings: Setting
     ll = decoding.score(model.params, pad(enc), pad(dec_in), pad(tgt), config=model.config)
     out += [float(x) for x in np.asarray(ll)[:end - start]]
     if progress:
-      progress(end, len(inputs))
+      progress.update(end)
   return out
 
 

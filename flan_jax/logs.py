@@ -38,38 +38,56 @@ class MetricWriter:
 
 
 class Progress:
-  """Averages metrics between console lines; a line at most every `period` seconds, and at the end."""
+  """The one progress reporter: a line at most every `period` seconds (and on the first and last update) with
+  the position, the window's mean metrics (loss, acc) and throughput, and the time left.
 
-  def __init__(self, start_step: int, total_steps: int, period: float, log_fn=print):
-    self.start_step, self.total_steps, self.period, self.log_fn = start_step, total_steps, period, log_fn
+  Training counts steps and tokens; inference counts examples (`label="predict", unit="examples"`).
+  """
+
+  def __init__(self, start: int, total: int, period: float, log_fn=print, label: str = "step",
+               unit: str = "steps"):
+    self.start, self.total, self.period, self.log_fn = start, total, period, log_fn
+    self.label, self.unit = label, unit
     self.started = self.window_start = time.time()
-    self.window_steps, self.window_tokens, self.sums = 0, 0, {}
+    self.window_done, self.window_tokens, self.sums = start, 0, {}
+    self.window_updates = 0
     self.last_metrics = {}
 
-  def update(self, step: int, metrics: dict, tokens: int) -> dict:
-    """Returns the window's mean metrics when it logs a line, else {}."""
-    self.window_steps += 1
+  def update(self, done: int, metrics: dict | None = None, tokens: int = 0) -> dict:
+    """Records progress up to `done`; returns the window's mean metrics when it logs a line, else {}."""
+    self.window_updates += 1
     self.window_tokens += tokens
-    for k, v in metrics.items():
+    for k, v in (metrics or {}).items():
       self.sums[k] = self.sums.get(k, 0.0) + v
     now = time.time()
-    if now - self.window_start < self.period and step != self.total_steps and step != self.start_step + 1:
+    first = self.window_done == self.start and self.window_updates == 1
+    if now - self.window_start < self.period and done != self.total and not first:
       return {}
-    elapsed = now - self.window_start
-    mean = {k: v / self.window_steps for k, v in self.sums.items()}
-    mean["tokens_per_second"] = self.window_tokens / max(elapsed, 1e-9)
-    mean["seconds_per_step"] = elapsed / self.window_steps
-    done = step - self.start_step
-    eta = (now - self.started) / done * (self.total_steps - step)
-    self.log_fn(f"step {step}/{self.total_steps}  loss {mean['loss']:.4f}  acc {mean['accuracy']:.3f}  "
-                f"{mean['tokens_per_second']:.0f} tokens/s  {mean['seconds_per_step']:.3f} s/step  "
-                f"ETA {_duration(eta)}")
-    self.window_start, self.window_steps, self.window_tokens, self.sums = now, 0, 0, {}
+    elapsed = max(now - self.window_start, 1e-9)
+    mean = {k: v / self.window_updates for k, v in self.sums.items()}
+    parts = [f"{self.label} {done}/{self.total}"]
+    if "loss" in mean:
+      parts.append(f"loss {mean['loss']:.4f}")
+    if "accuracy" in mean:
+      parts.append(f"acc {mean['accuracy']:.3f}")
+    if self.window_tokens:
+      mean["tokens_per_second"] = self.window_tokens / elapsed
+      parts.append(f"{mean['tokens_per_second']:.0f} tokens/s")
+    per_unit = elapsed / max(done - self.window_done, 1)
+    if self.unit == "steps":
+      mean["seconds_per_step"] = per_unit
+      parts.append(f"{per_unit:.3f} s/step")
+    else:
+      parts.append(f"{1 / per_unit:.1f} {self.unit}/s")
+    eta = (now - self.started) / max(done - self.start, 1) * (self.total - done)
+    parts.append(f"ETA {duration(eta)}")
+    self.log_fn("  ".join(parts))
+    self.window_start, self.window_done, self.window_updates, self.window_tokens, self.sums = now, done, 0, 0, {}
     self.last_metrics = mean
     return mean
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
   seconds = int(seconds)
   return f"{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 else \
       f"{seconds // 60}m{seconds % 60:02d}s"
