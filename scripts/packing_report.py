@@ -6,7 +6,7 @@
 import argparse
 import time
 
-from flan_jax.data import pipeline, registration
+from flan_jax.data import pipeline
 
 
 def main():
@@ -16,7 +16,6 @@ def main():
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--batches", type=int, default=20)
   args = parser.parse_args()
-  registration.import_task_modules()
   print("| mixture | inputs/targets | inputs non-pad | targets non-pad | examples per row | examples/s |")
   print("|---|---|---:|---:|---:|---:|")
   for name in args.mixture:

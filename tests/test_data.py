@@ -15,7 +15,7 @@ from flan_jax.data.registration import get_provider, register_prompt_task, regis
 from flan_jax.errors import UserError
 from flan_jax.vocab import byte_vocabulary
 
-import tasks.demo  # noqa: F401  (registers the demo tasks)
+import flan_jax_tasks.demo  # noqa: F401  (registers the demo tasks)
 
 LENGTHS = {"inputs": 256, "targets": 64}
 
@@ -114,8 +114,14 @@ def test_packing_keeps_examples_apart():
       assert np.array_equal(b["decoder_loss_weights"][row] > 0, tgt > 0)
       packed_rows += seg.max() > 1
   assert packed_rows > 0
-  eff = pipeline.packing_efficiency(batches)
-  assert 0 < eff["targets"] <= 1 and eff["examples_per_row"] > 1
+
+
+def test_packing_efficiency_counts_by_hand():
+  batch = {"encoder_input_tokens": np.array([[5, 6, 7, 0], [8, 0, 0, 0]]),
+           "decoder_target_tokens": np.array([[3, 1, 4, 1], [9, 1, 0, 0]]),
+           "decoder_segment_ids": np.array([[1, 1, 2, 2], [1, 1, 0, 0]])}
+  eff = pipeline.packing_efficiency([batch, batch])
+  assert eff == {"inputs": 4 / 8, "targets": 6 / 8, "examples_per_row": 3 / 2}
 
 
 def test_unknown_name_lists_closest():
@@ -156,7 +162,7 @@ def test_missing_template_field_surfaces_from_tf_data(tmp_path):
 
 
 def test_tfds_tasks_preprocess_mock_examples_of_the_real_schema():
-  import tasks.flan_tfds as flan_tfds
+  import flan_jax_tasks.flan_tfds as flan_tfds
   flan_tfds.register(byte_vocabulary())
   nli = {"yes", "it is not possible to tell", "no"}
   with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
@@ -174,7 +180,7 @@ def test_tfds_tasks_preprocess_mock_examples_of_the_real_schema():
 # --- held-out tasks from ../shared/data ---
 
 def test_mmlu_prompt_is_the_original_5_shot_format(shared_data):
-  import tasks.held_out  # noqa: F401
+  import flan_jax_tasks.held_out  # noqa: F401
   texts = _texts("mmlu_abstract_algebra", split="test", n=1, shuffle=False, pretokenized=True)
   inputs, target = texts[0]
   assert inputs.startswith("The following are multiple choice questions (with answers) about  abstract algebra.\n\n"
@@ -185,7 +191,7 @@ def test_mmlu_prompt_is_the_original_5_shot_format(shared_data):
 
 
 def test_bbh_tasks_come_from_the_directory(shared_data, tmp_path):
-  from tasks.held_out import register_bbh
+  from flan_jax_tasks.held_out import register_bbh
   src = os.path.join(shared_data, "bbh")
   os.makedirs(tmp_path / "bbh" / "tasks")
   os.makedirs(tmp_path / "bbh" / "cot-prompts")
@@ -206,7 +212,7 @@ def test_bbh_tasks_come_from_the_directory(shared_data, tmp_path):
 
 
 def test_all_shared_bbh_files_register(shared_data):
-  import tasks.held_out  # noqa: F401
+  import flan_jax_tasks.held_out  # noqa: F401
   files = os.listdir(os.path.join(shared_data, "bbh", "tasks"))
   assert len(seqio.get_mixture_or_task("bbh_cot").tasks) == len(files) == 24
 

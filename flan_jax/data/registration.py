@@ -152,23 +152,40 @@ def register_prompt_task(name: str, records_by_split: dict, vocabulary: seqio.Vo
               postprocess_fn=postprocess_fn)
 
 
+# The repository's tasks/ folder is installed as the package flan_jax_tasks. Each of its modules registers the names
+# that start with its prefix, so a command imports only the module it needs (TFDS and the held-out files are slow).
+BUILTIN_TASK_MODULES = {"demo_": "flan_jax_tasks.demo", "shared_": "flan_jax_tasks.shared_data",
+                        "mmlu": "flan_jax_tasks.held_out", "bbh": "flan_jax_tasks.held_out",
+                        "flan_": "flan_jax_tasks.flan_tfds"}
+
+
+def _registered(name: str) -> bool:
+  return name in seqio.MixtureRegistry.names() or name in seqio.TaskRegistry.names()
+
+
+def import_builtin_tasks(name: str | None = None) -> None:
+  """Import the built-in task module that registers `name`, or (no name) all of them."""
+  import importlib
+  for prefix, module in BUILTIN_TASK_MODULES.items():
+    if name is None or name.startswith(prefix):
+      importlib.import_module(module)
+
+
 def get_provider(name: str):
   """The registered task or mixture `name`; an unknown name lists the closest registered ones."""
-  if name in seqio.MixtureRegistry.names():
+  if not _registered(name):
+    import_builtin_tasks(name)
+  if _registered(name):
     return seqio.get_mixture_or_task(name)
-  if name in seqio.TaskRegistry.names():
-    return seqio.get_mixture_or_task(name)
+  import_builtin_tasks()
   known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
   close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
   hint = f"; closest: {', '.join(close)}" if close else f"; {len(known)} registered (flan-jax tasks list)"
   raise UserError(f"unknown task or mixture {name!r}{hint}")
 
 
-DEFAULT_TASK_MODULES = ("tasks.demo", "tasks.shared_data", "tasks.held_out", "tasks.flan_tfds")
-
-
-def import_task_modules(modules=DEFAULT_TASK_MODULES) -> None:
-  """Import modules that register tasks (t5x's MIXTURE_OR_TASK_MODULE); a missing one is a UserError.
+def import_task_modules(modules=()) -> None:
+  """Import a user's modules that register tasks (t5x's MIXTURE_OR_TASK_MODULE); a missing one is a UserError.
   The current directory is searched too, so `--module my_tasks` finds ./my_tasks.py."""
   import importlib
   import sys
