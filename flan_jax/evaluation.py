@@ -68,8 +68,12 @@ def evaluate_task(model: inference.Model, task_name: str, split, settings: infer
     predictions = inference.predict(model, inputs, settings)
     correct = [answer_of(p) == answer_of(t) for p, t in zip(predictions, targets)]
     method = "generation"
-  return {"accuracy": float(np.mean(correct)), "examples": len(rows), "split": split, "method": method,
-          "predictions": predictions}
+  # seqio-style metric functions registered with the task: fn(targets, predictions) -> {name: value}.
+  metrics = {}
+  for fn in task.predict_metric_fns:
+    metrics.update({k: float(v) for k, v in fn(targets, predictions).items()})
+  return {"accuracy": float(np.mean(correct)), "metrics": metrics, "examples": len(rows), "split": split,
+          "method": method, "predictions": predictions}
 
 
 def evaluate(model: inference.Model, names, settings: inference.Settings, split=None, max_examples=None,
@@ -81,7 +85,9 @@ def evaluate(model: inference.Model, names, settings: inference.Settings, split=
       if task not in results["tasks"]:
         results["tasks"][task] = evaluate_task(model, task, split, settings, max_examples)
         r = results["tasks"][task]
-        log_fn(f"{task}: accuracy {r['accuracy']:.3f} on {r['examples']} {r['split']} examples ({r['method']})")
+        extra = "".join(f", {k} {v:.3f}" for k, v in r["metrics"].items())
+        log_fn(f"{task}: accuracy {r['accuracy']:.3f}{extra} on {r['examples']} {r['split']} examples "
+               f"({r['method']})")
     results["groups"][group] = float(np.mean([results["tasks"][t]["accuracy"] for t in tasks]))
   return results
 

@@ -1,7 +1,9 @@
 """Parameter counts, vocabulary parity with HF's tokenizer, gin errors and import-hf's refusals."""
 
 import json
+import math
 import os
+import re
 
 import pytest
 
@@ -122,4 +124,10 @@ def test_import_refuses_existing_checkpoint_dir(tmp_path, capsys):
 def test_model_info_cli(capsys):
   assert cli.main(["model-info", "--gin_file=models/tiny.gin", "--batch=1", "--length=8"]) == 0
   out = capsys.readouterr().out
-  assert "parameters: 4,310,016" in out and "loss" in out
+  assert "parameters: 4,310,016" in out
+  # Freshly initialised, T5 predicts nearly uniformly: the loss is close to ln(vocab) (logits of unit variance
+  # add about 0.5); a mis-scaled init or a broken output layer lands far from it.
+  match = re.search(r"loss ([\d.]+) \(ln vocab = ([\d.]+)\), grad norm ([\d.]+)", out)
+  loss, ln_vocab, grad_norm = (float(x) for x in match.groups())
+  assert ln_vocab == pytest.approx(math.log(32128), abs=1e-4)
+  assert 0 <= loss - ln_vocab <= 1.0 and grad_norm > 0

@@ -209,37 +209,55 @@ def test_bad_checkpoint_paths_and_malformed_jsonl(tmp_path, capsys):
 # --- infer and eval end to end on a tiny model with the T5 vocabulary ---
 
 @pytest.fixture(scope="module")
-def tiny_t5_checkpoint(tmp_path_factory, shared_data):
+def tiny_t5(tmp_path_factory, shared_data):
+  """(flan-jax checkpoint, the transformers model it was imported from)."""
   root = tmp_path_factory.mktemp("tiny")
   hf_dir = str(root / "hf")
-  hf_reference.build(dict(hf_reference.V10_CONFIG)).save_pretrained(hf_dir)
-  return hf.import_hf(hf_dir, str(root / "ckpt"), vocabulary=os.path.join(shared_data, "t5_vocab", "spiece.model"))
+  model = hf_reference.build(dict(hf_reference.V10_CONFIG))
+  model.save_pretrained(hf_dir)
+  ckpt = hf.import_hf(hf_dir, str(root / "ckpt"), vocabulary=os.path.join(shared_data, "t5_vocab", "spiece.model"))
+  return ckpt, model
 
 
-def test_infer_predict_and_score_jsonl(tiny_t5_checkpoint, tmp_path, capsys):
+def _hf_log_likelihood(model, enc, targets):
+  """transformers' log-likelihood of each target row (its non-pad tokens) given each encoder row."""
+  dec_in = np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], 1)
+  logits = hf_reference.logits(model, enc, (enc > 0).astype(np.int64), dec_in)
+  logp = torch.log_softmax(torch.as_tensor(logits), -1).gather(-1, torch.as_tensor(targets)[..., None])[..., 0]
+  return (logp.numpy() * (targets > 0)).sum(-1)
+
+
+def test_infer_predict_and_score_jsonl(tiny_t5, tmp_path, capsys):
+  ckpt, hf_model = tiny_t5
   src = tmp_path / "in.jsonl"
   src.write_text('{"inputs": "What is the capital of France?", "targets": "Paris"}\n'
                  '{"inputs": "2 + 2 =", "targets": "4"}\n{"inputs": "Hello", "targets": "Hi"}\n')
+  texts, targets = ["What is the capital of France?", "2 + 2 =", "Hello"], ["Paris", "4", "Hi"]
   out = tmp_path / "pred.jsonl"
-  assert cli.main(["infer", "--checkpoint", tiny_t5_checkpoint, "--input", str(src), "--output", str(out),
+  assert cli.main(["infer", "--checkpoint", ckpt, "--input", str(src), "--output", str(out),
                    "--max_decode_length", "8", "--batch_size", "2"]) == 0
   rows = [json.loads(line) for line in out.read_text().splitlines()]
-  assert [r["inputs"] for r in rows] == ["What is the capital of France?", "2 + 2 =", "Hello"]
-  assert all(isinstance(r["prediction"], str) for r in rows)
+  assert [r["inputs"] for r in rows] == texts
+  # transformers' greedy generate on the same weights and token ids (tokenizer parity: test_foundation)
+  vocabulary = inference.load(ckpt).vocabulary
+  enc = inference.encode(vocabulary, texts, 32).astype(np.int64)
+  with torch.no_grad():
+    generated = hf_model.generate(input_ids=torch.as_tensor(enc), attention_mask=torch.as_tensor((enc > 0) * 1),
+                                  do_sample=False, max_new_tokens=8).numpy()[:, 1:]
+  assert [r["prediction"] for r in rows] == [inference.decode_tokens(vocabulary, g) for g in generated]
   scored = tmp_path / "score.jsonl"
-  assert cli.main(["infer", "--checkpoint", tiny_t5_checkpoint, "--input", str(src), "--output", str(scored),
+  assert cli.main(["infer", "--checkpoint", ckpt, "--input", str(src), "--output", str(scored),
                    "--mode", "score", "--max_decode_length", "8", "--batch_size", "2"]) == 0
   ll = [json.loads(line)["log_likelihood"] for line in scored.read_text().splitlines()]
-  # the same numbers as scoring one by one (batch padding does not leak into the results)
-  model = inference.load(tiny_t5_checkpoint)
-  single = inference.score(model, ["Hello"], ["Hi"], inference.Settings(batch_size=1, max_decode_length=8))
-  assert len(ll) == 3 and all(x < 0 for x in ll) and abs(ll[2] - single[0]) <= 1e-4
+  expected = _hf_log_likelihood(hf_model, enc, inference.encode(vocabulary, targets, 8, keep_end=False).astype(np.int64))
+  assert np.max(np.abs(np.array(ll) - expected)) <= 1e-4
 
 
-def test_eval_mmlu_and_bbh_end_to_end(tiny_t5_checkpoint, tmp_path, capsys):
+def test_eval_mmlu_and_bbh_end_to_end(tiny_t5, tmp_path, capsys):
+  ckpt, hf_model = tiny_t5
   out = tmp_path / "results.json"
-  code = cli.main(["eval", "--checkpoint", tiny_t5_checkpoint, "--tasks", "mmlu", "bbh_cot", "bbh_direct",
-                   "--max_examples", "2", "--max_decode_length", "8", "--batch_size", "8",
+  code = cli.main(["eval", "--checkpoint", ckpt, "--tasks", "mmlu", "bbh_cot", "bbh_direct",
+                   "--max_examples", "3", "--max_decode_length", "8", "--batch_size", "8",
                    "--inputs_length", "256", "--output", str(out)])
   assert code == 0
   printed = capsys.readouterr().out
@@ -247,10 +265,44 @@ def test_eval_mmlu_and_bbh_end_to_end(tiny_t5_checkpoint, tmp_path, capsys):
   results = json.loads(out.read_text())
   assert len([t for t in results["tasks"] if t.startswith("mmlu_")]) == 9
   assert len([t for t in results["tasks"] if t.startswith("bbh_") and t.endswith("_cot")]) == 24
-  mmlu = results["tasks"]["mmlu_abstract_algebra"]
-  assert mmlu["method"] == "rank_classification" and set(mmlu["predictions"]) <= set("ABCD")
   assert results["tasks"]["bbh_navigate_cot"]["method"] == "generation"
-  assert 0.0 <= results["groups"]["mmlu"] <= 1.0
+  # Rank classification picks the option transformers finds most likely, on the same weights.
+  from flan_jax import evaluation
+  vocabulary = inference.load(ckpt).vocabulary
+  for task in ("mmlu_abstract_algebra", "mmlu_management"):
+    mmlu = results["tasks"][task]
+    assert mmlu["method"] == "rank_classification"
+    _, rows = evaluation.examples(task, None, 3)
+    enc = inference.encode(vocabulary, [i for i, _ in rows], 256).astype(np.int64)
+    options = inference.encode(vocabulary, list("ABCD"), 8, keep_end=False).astype(np.int64)
+    ll = np.stack([_hf_log_likelihood(hf_model, enc, np.repeat(options[o:o + 1], len(rows), 0)) for o in range(4)], 1)
+    assert mmlu["predictions"] == ["ABCD"[i] for i in ll.argmax(1)]
+    assert mmlu["accuracy"] == np.mean([p == t for p, (_, t) in zip(mmlu["predictions"], rows)])
+  groups = results["groups"]["mmlu"]
+  assert groups == pytest.approx(np.mean([r["accuracy"] for t, r in results["tasks"].items() if t.startswith("mmlu_")]))
+
+
+def test_metric_fns_are_applied_to_targets_and_predictions(monkeypatch):
+  """seqio-style metric functions registered with a task run on its targets and predictions; accuracy is counted
+  as by hand."""
+  from flan_jax import evaluation
+  from flan_jax.data import register_prompt_task
+  from flan_jax.vocab import byte_vocabulary
+  records = {"validation": [{"inputs": f"q{i}", "targets": t} for i, t in enumerate(["a", "b", "The answer is c.", "d"])]}
+  seen = {}
+
+  def exact(targets, predictions):
+    seen["args"] = (list(targets), list(predictions))
+    return {"exact": sum(t == p for t, p in zip(targets, predictions)) / len(targets)}
+
+  register_prompt_task("test_metric_task", records, byte_vocabulary(), metric_fns=[exact])
+  predictions = ["a", "x", "so the answer is c", "d"]
+  monkeypatch.setattr(inference, "predict", lambda model, inputs, settings, progress=None: predictions)
+  model = inference.Model(config=None, params=None, vocabulary=byte_vocabulary())
+  result = evaluation.evaluate_task(model, "test_metric_task", "validation", inference.Settings())
+  assert seen["args"] == (["a", "b", "The answer is c.", "d"], predictions)
+  assert result["metrics"] == {"exact": 0.5}
+  assert result["accuracy"] == 0.75  # "the answer is c" counts by its answer
 
 
 def test_answer_extraction():
