@@ -16,4 +16,4 @@ demo: setup
 	$(VENV)/bin/flan-jax train --gin_file=runs/demo.gin
 
 test: setup
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q -rs tests

@@ -14,21 +14,19 @@ WORDS = ["cat", "dog", "sun", "tree", "lamp", "bird", "fish", "rock", "moon", "s
 
 
 def _arithmetic(rng):
-  a, b, c = (int(x) for x in rng.integers(1, 50, 3))
-  total = a + b - c
-  return {"a": a, "b": b, "c": c, "answer": str(total),
-          "rationale": f"First, {a} + {b} = {a + b}. Then {a + b} - {c} = {total}."}
+  a, b = (int(x) for x in rng.integers(0, 10, 2))
+  return {"a": a, "b": b, "answer": str(a + b), "rationale": f"{a} plus {b} makes {a + b}."}
 
 
 def _sort(rng):
-  nums = [int(x) for x in rng.choice(10, size=int(rng.integers(3, 6)), replace=False)]
+  nums = [int(x) for x in rng.choice(10, size=3, replace=False)]
   ordered = sorted(nums)
   return {"numbers": " ".join(map(str, nums)), "answer": " ".join(map(str, ordered)),
           "rationale": "From smallest to largest: " + ", ".join(map(str, ordered)) + "."}
 
 
 def _compare(rng, smaller=False):
-  a, b = (int(x) for x in rng.choice(100, size=2, replace=False))
+  a, b = (int(x) for x in rng.choice(10, size=2, replace=False))
   answer = min(a, b) if smaller else max(a, b)
   lo, hi = min(a, b), max(a, b)
   return {"a": a, "b": b, "options": [str(a), str(b)], "answer": str(answer),
@@ -54,8 +52,8 @@ def _cot(cue):
 
 TASKS = {
     "demo_arithmetic": (_arithmetic, FlanTemplates(
-        templates=(Template("What is {a} + {b} - {c}?"), Template("Compute {a} plus {b} minus {c}.")),
-        cot_templates=(_cot("What is {a} + {b} - {c}?"),), num_shots=2)),
+        templates=(Template("What is {a} + {b}?"), Template("Compute {a} plus {b}.")),
+        cot_templates=(_cot("What is {a} + {b}?"),), num_shots=2)),
     "demo_sort": (_sort, FlanTemplates(
         templates=(Template("Sort these numbers: {numbers}"), Template("Put in increasing order: {numbers}")),
         cot_templates=(_cot("Sort these numbers: {numbers}."),), num_shots=2)),
