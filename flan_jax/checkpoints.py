@@ -1,39 +1,73 @@
-"""Orbax checkpoints: a directory of numbered steps, each holding `params`, optionally `opt_state`, and `meta`.
+"""Orbax checkpoints: a directory of numbered steps, each holding `params`, optionally `opt_state` and
+`data_iterator`, and `meta`.
 
 `meta` is JSON: the model config, the vocabulary and (during training) the data-stream position, so any
-command can load a checkpoint without a size gin file. Orbax writes each step to a temporary directory and
-renames it when complete, so an interrupted save never leaves a step that restores wrongly.
+command can load a checkpoint without a size gin file. `data_iterator` holds each process's tf.data iterator
+(shuffle buffers, packing state; a file per process, as t5x writes them), so a resumed run continues the stream
+without re-reading it. Orbax writes each step to a temporary directory and renames it when complete, so an
+interrupted save never leaves a step that restores wrongly.
 """
 
+import dataclasses
 import os
 import re
+from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
 from flan_jax.errors import UserError
 from flan_jax.models import T5Config
 
-PARAMS, OPT_STATE, META = "params", "opt_state", "meta"
+PARAMS, OPT_STATE, META, DATA = "params", "opt_state", "meta", "data_iterator"
+ITEMS = (PARAMS, OPT_STATE, META, DATA)
 VOCAB_FILE = "spiece.model"
 
 
+def _iterator_file() -> str:
+  return f"train_ds-{jax.process_index():05d}-of-{jax.process_count():05d}"
+
+
+class DataIteratorHandler(ocp.CheckpointHandler):
+  """Saves and restores a tf.data iterator in place (tf.train.Checkpoint), one file per process."""
+
+  def save(self, directory: epath.Path, args: "DataIterator"):
+    import tensorflow as tf
+    tf.train.Checkpoint(ds=args.iterator).write(os.fspath(directory / _iterator_file()))
+
+  def restore(self, directory: epath.Path, args: "DataIterator"):
+    import tensorflow as tf
+    tf.train.Checkpoint(ds=args.iterator).read(os.fspath(directory / _iterator_file())).assert_consumed()
+    return args.iterator
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_save=True, for_restore=True)
+@dataclasses.dataclass
+class DataIterator(ocp.args.CheckpointArgs):
+  iterator: Any
+
+
 def manager(directory: str, max_to_keep: int | None = None, best_metric: str | None = None,
-            best_mode: str = "max", create: bool = True) -> ocp.CheckpointManager:
-  """Keeps the last `max_to_keep` steps, or with `best_metric` the best ones by that metric."""
+            best_mode: str = "max", create: bool = True, async_save: bool = False) -> ocp.CheckpointManager:
+  """Keeps the last `max_to_keep` steps, or with `best_metric` the best ones by that metric. With `async_save`,
+  save() returns once the arrays are copied off the devices and the files are written in the background."""
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=create,
+      max_to_keep=max_to_keep, create=create, enable_async_checkpointing=async_save,
       best_fn=(lambda metrics: metrics[best_metric]) if best_metric else None,
       best_mode=best_mode, keep_checkpoints_without_metrics=True)
   return ocp.CheckpointManager(_abs(directory), options=options,
-                               item_names=(PARAMS, OPT_STATE, META))
+                               item_names=ITEMS)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, params, meta: dict, opt_state=None, metrics=None,
-         wait: bool = True) -> None:
+         wait: bool = True, data_iterator=None) -> None:
+  """Saves a step; the data iterator is written before this returns, so the caller may advance it then."""
   items = {PARAMS: ocp.args.StandardSave(params), META: ocp.args.JsonSave(meta)}
   if opt_state is not None:
     items[OPT_STATE] = ocp.args.StandardSave(opt_state)
+  if data_iterator is not None:
+    items[DATA] = DataIterator(data_iterator)
   mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
   if wait:
     mngr.wait_until_finished()
@@ -78,18 +112,40 @@ def vocabulary_path(root: str, meta: dict) -> str | None:
 
 
 def restore(path: str, abstract_params=None, abstract_opt_state=None):
-  """(params, opt_state or None, meta, step). Abstract targets carry shardings for a sharded restore."""
+  """(params, opt_state or None, meta, step). Abstract targets carry shardings for a sharded restore; without
+  them the parameters land on this process's first device, whatever mesh wrote them."""
   root, step, meta = read_meta(path)
+  if abstract_params is None:
+    import flax.linen as nn
+
+    from flan_jax.models.t5 import abstract_variables
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                                   nn.unbox(abstract_variables(model_config(meta)))["params"])
   items = {PARAMS: ocp.args.StandardRestore(abstract_params)}
   has_opt = (epath.Path(root) / str(step) / OPT_STATE).is_dir()
   if abstract_opt_state is not None:
     if not has_opt:
       raise UserError(f"{root}/{step} has no optimizer state to resume from")
     items[OPT_STATE] = ocp.args.StandardRestore(abstract_opt_state)
-  with ocp.CheckpointManager(root, item_names=(PARAMS, OPT_STATE, META),
+  with ocp.CheckpointManager(root, item_names=ITEMS,
                              options=ocp.CheckpointManagerOptions(create=False, read_only=True)) as mngr:
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(**items))
     except (ValueError, KeyError) as e:
       raise UserError(f"checkpoint {root}/{step} does not fit the model: {str(e).splitlines()[0]}") from e
   return restored[PARAMS], restored.get(OPT_STATE) if abstract_opt_state is not None else None, meta, step
+
+
+def has_data_iterator(path: str) -> bool:
+  """Whether the checkpoint at `path` holds this process's data iterator (same process count)."""
+  root, step = locate(path)
+  return (epath.Path(root) / str(step) / DATA / (_iterator_file() + ".index")).exists()
+
+
+def restore_data_iterator(path: str, iterator) -> None:
+  """Moves `iterator` to the position saved with the checkpoint at `path`."""
+  root, step = locate(path)
+  with ocp.CheckpointManager(root, item_names=ITEMS,
+                             options=ocp.CheckpointManagerOptions(create=False, read_only=True)) as mngr:
+    mngr.restore(step, args=ocp.args.Composite(**{DATA: DataIterator(iterator)}))

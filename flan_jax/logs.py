@@ -53,16 +53,21 @@ class Progress:
     self.window_updates = 0
     self.last_metrics = {}
 
-  def update(self, done: int, metrics: dict | None = None, tokens: int = 0) -> dict:
-    """Records progress up to `done`; returns the window's mean metrics when it logs a line, else {}."""
+  def due(self, done: int) -> bool:
+    """Whether update(done) prints a line: the caller fetches metrics from the device only then."""
+    first = self.window_done == self.start and self.window_updates == 0
+    return first or done == self.total or time.time() - self.window_start >= self.period
+
+  def update(self, done: int, metrics: dict | None = None, tokens: int = 0, log: bool = True) -> dict:
+    """Records progress up to `done`; with `log`, returns the window's mean metrics when it prints a line, else {}."""
+    due = log and self.due(done)
     self.window_updates += 1
     self.window_tokens += tokens
     for k, v in (metrics or {}).items():
       self.sums[k] = self.sums.get(k, 0.0) + v
-    now = time.time()
-    first = self.window_done == self.start and self.window_updates == 1
-    if now - self.window_start < self.period and done != self.total and not first:
+    if not due:
       return {}
+    now = time.time()
     elapsed = max(now - self.window_start, 1e-9)
     mean = {k: v / self.window_updates for k, v in self.sums.items()}
     parts = [f"{self.label} {done}/{self.total}"]
@@ -79,7 +84,7 @@ class Progress:
       parts.append(f"{per_unit:.3f} s/step")
     else:
       parts.append(f"{1 / per_unit:.1f} {self.unit}/s")
-    eta = (now - self.started) / max(done - self.start, 1) * (self.total - done)
+    eta = per_unit * (self.total - done)
     parts.append(f"ETA {duration(eta)}")
     self.log_fn("  ".join(parts))
     self.window_start, self.window_done, self.window_updates, self.window_tokens, self.sums = now, done, 0, 0, {}

@@ -1,5 +1,7 @@
 """The device mesh, t5x's logical axis rules, and shardings for parameters, optimizer state and batches."""
 
+import dataclasses
+
 import flax.linen as nn
 import gin
 import jax
@@ -23,8 +25,12 @@ LOGICAL_AXIS_RULES = (
 
 
 @gin.configurable
-def make_mesh(data_parallel: int = -1, model_parallel: int = 1) -> Mesh:
-  """Mesh(('data', 'model')) over the first data x model devices; data_parallel=-1 takes all the rest."""
+def make_mesh(data_parallel: int = -1, model_parallel: int = 1, minor_axis: str = "model") -> Mesh:
+  """Mesh(('data', 'model')) over the first data x model devices; data_parallel=-1 takes all the rest.
+
+  `minor_axis` is the axis along which consecutive devices (jax.devices(): by process, then local id) run:
+  'model' keeps each model-parallel group on as few hosts as possible; 'data' spreads it across hosts.
+  """
   devices = jax.devices()
   if model_parallel < 1 or len(devices) % model_parallel:
     raise UserError(f"model_parallel={model_parallel} does not divide the {len(devices)} devices")
@@ -33,7 +39,11 @@ def make_mesh(data_parallel: int = -1, model_parallel: int = 1) -> Mesh:
   if data_parallel < 1 or data_parallel * model_parallel > len(devices):
     raise UserError(f"mesh {data_parallel}x{model_parallel} needs {data_parallel * model_parallel} devices; "
                     f"{len(devices)} available")
-  grid = np.array(devices[:data_parallel * model_parallel]).reshape(data_parallel, model_parallel)
+  if minor_axis not in ("model", "data"):
+    raise UserError(f"make_mesh.minor_axis must be 'model' or 'data', got {minor_axis!r}")
+  grid = np.array(devices[:data_parallel * model_parallel])
+  grid = (grid.reshape(data_parallel, model_parallel) if minor_axis == "model" else
+          grid.reshape(model_parallel, data_parallel).T)
   return Mesh(grid, ("data", "model"))
 
 
@@ -102,15 +112,54 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
 
 
-def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+@dataclasses.dataclass(frozen=True)
+class DataLayout:
+  """Which rows of every global batch this process reads and feeds (t5x's get_data_layout).
+
+  A process feeds the rows of the 'data' positions its devices hold. Processes holding the same positions (the
+  'model' axis spans them) read the same data shard, so their replicas of a row agree; the global batch is
+  exactly `batch_size` rows on every mesh.
+  """
+  batch_size: int    # rows of the global batch
+  shard_index: int   # the data shard this process reads
+  num_shards: int    # distinct data shards over all processes
+  rows: int          # rows this process feeds per global batch
+
+  @property
+  def shard_info(self):
+    import seqio
+    return seqio.ShardInfo(index=self.shard_index, num_shards=self.num_shards)
+
+
+def data_layout(mesh: Mesh, batch_size: int) -> DataLayout:
   data = mesh.shape["data"]
   if batch_size % data:
     raise UserError(f"BATCH_SIZE={batch_size} is not divisible by the data-parallel size {data}")
-  if batch_size % jax.process_count():
-    raise UserError(f"BATCH_SIZE={batch_size} is not divisible by the {jax.process_count()} processes")
+  held = {}
+  for (position, _), device in np.ndenumerate(mesh.devices):
+    held.setdefault(device.process_index, set()).add(position)
+  missing = sorted(set(range(jax.process_count())) - set(held))
+  blocks = {p: tuple(sorted(positions)) for p, positions in held.items()}
+  distinct = sorted(set(blocks.values()))
+  regular = (not missing and len({len(b) for b in distinct}) == 1 and
+             all(b == tuple(range(b[0], b[-1] + 1)) for b in distinct) and
+             len({i for b in distinct for i in b}) == sum(len(b) for b in distinct))
+  if not regular:
+    raise UserError(
+        f"the mesh data={data} x model={mesh.shape['model']} cannot be laid out over {jax.process_count()} "
+        f"processes: each process must hold a contiguous block of 'data' positions, the same size for all, "
+        f"shared whole or not at all (held: {dict(sorted(blocks.items()))}"
+        + (f"; processes {missing} hold no device of the mesh)" if missing else ")"))
+  mine = blocks[jax.process_index()]
+  return DataLayout(batch_size, distinct.index(mine), len(distinct), batch_size // data * len(mine))
 
 
-def global_batch(local_batch: dict, mesh: Mesh) -> dict:
-  """This process's rows -> one global jax.Array per feature, sharded over 'data'."""
+def global_batch(local_batch: dict, mesh: Mesh, layout: DataLayout) -> dict:
+  """This process's rows -> one global jax.Array per feature, sharded over 'data'; shapes checked."""
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+  out = {}
+  for k, v in local_batch.items():
+    if v.shape[0] != layout.rows:
+      raise ValueError(f"{k}: this process fed {v.shape[0]} rows, its layout says {layout.rows}")
+    out[k] = jax.make_array_from_process_local_data(sharding, v, (layout.batch_size,) + v.shape[1:])
+  return out

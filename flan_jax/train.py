@@ -136,7 +136,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
                     f"{mixture_or_task_name} uses {vocab_id}")
 
   mesh = partitioning.make_mesh()
-  partitioning.check_batch_size(batch_size, mesh)
+  layout = partitioning.data_layout(mesh, batch_size)
   if num_microbatches < 1 or batch_size % (num_microbatches * mesh.shape["data"]):
     raise UserError(f"BATCH_SIZE={batch_size} must split into {num_microbatches} microbatches of a multiple of "
                     f"the data-parallel size {mesh.shape['data']}")
@@ -162,64 +162,82 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
       state = trainer.init_state(config, tx, shardings, init_rng)
     start_step = int(state.step)
     log_fn(f"mesh data={mesh.shape['data']} model={mesh.shape['model']} over {mesh.size} of "
-           f"{jax.device_count()} devices; {sum(x.size for x in jax.tree.leaves(shardings.abstract_params)):,} parameters; sharding: " + ", ".join(
+           f"{jax.device_count()} devices; {sum(x.size for x in jax.tree.leaves(shardings.abstract_params)):,} "
+           f"parameters; data shard {layout.shard_index} of {layout.num_shards}, {layout.rows} rows a step "
+           f"from this process; sharding: " + ", ".join(
                f"{'/'.join(path)} {_get(state.params, path).sharding.spec}" for path in SHOWN_PARAMS
                if _get(state.params, path) is not None))
 
     meta = {"model_config": config.to_dict(), "vocabulary": _vocab_path(vocabulary),
             "vocabulary_fingerprint": vocab_id,
             "data": {"mixture_or_task_name": mixture_or_task_name, "task_feature_lengths": dict(task_feature_lengths),
-                     "batch_size": batch_size, "random_seed": random_seed, "pack": pack, "shuffle": shuffle}}
+                     "batch_size": batch_size, "random_seed": random_seed, "pack": pack, "shuffle": shuffle,
+                     "shards": [layout.shard_index, layout.num_shards], "processes": jax.process_count()}}
     ds = pipeline.get_dataset(mixture_or_task_name, "train", task_feature_lengths, seed=random_seed, pack=pack,
-                              shuffle=shuffle, shard_info=pipeline.host_shard(),
-                              batch_size=batch_size // jax.process_count())
-    batches = pipeline.iterate(ds.skip(start_step))  # the data position is the number of batches consumed
+                              shuffle=shuffle, shard_info=layout.shard_info, batch_size=layout.rows)
+    iterator = _input_at(ds, start_step, resume, meta["data"], log_fn)
+    batches = pipeline.iterate(iterator)
 
     step_fn = trainer.jit_train_step(
         trainer.make_train_step(config, tx, z_loss, loss_normalizing_factor, num_microbatches), shardings)
     eval_fn = _make_evaluator(config, shardings, eval_tasks, eval_split, task_feature_lengths, eval_batch_size,
                               eval_max_examples, vocabulary)
-    last_mngr = checkpoints.manager(ckpt_dir, max_to_keep=keep_checkpoints)
+    last_mngr = checkpoints.manager(ckpt_dir, max_to_keep=keep_checkpoints, async_save=True)
     best_mngr = checkpoints.manager(os.path.join(model_dir, "best"), max_to_keep=1, best_metric=best_metric,
-                                    best_mode=best_mode) if best_metric else None
+                                    best_mode=best_mode, async_save=True) if best_metric else None
     writer = logs.MetricWriter(model_dir)
     progress = logs.Progress(start_step, train_steps, log_period_seconds, log_fn)
     last, last_eval = {}, {}
-    try:
-      for step in range(start_step, train_steps):
-        try:
-          local = next(batches)
-        except StopIteration:
-          raise UserError(f"{mixture_or_task_name} ran out of data at step {step}") from None
-        tokens = int(np.count_nonzero(local["encoder_input_tokens"]) + np.count_nonzero(local["decoder_target_tokens"]))
-        state, metrics = step_fn(state, partitioning.global_batch(local, mesh), dropout_key)
+    pending = []  # (step, tokens, metrics still on the device): fetched when a line, an eval or a save is due
+
+    def check_pending():
+      """Fetch the pending steps' metrics (this waits for the device), stop at the first non-finite one, log."""
+      nonlocal last
+      fetched = jax.device_get([m for _, _, m in pending])
+      for i, ((done, tokens, _), metrics) in enumerate(zip(pending, fetched)):
         metrics = {k: float(v) for k, v in metrics.items()}
         problem = (f"loss is {metrics['loss']}" if not math.isfinite(metrics["loss"]) else
                    "the update made the parameters NaN or Inf" if not metrics.pop("params_finite") else None)
         if problem:
-          raise TrainingDiverged(f"{problem} at step {step + 1}; training stopped, the last good checkpoint is "
+          last_mngr.wait_until_finished()
+          raise TrainingDiverged(f"{problem} at step {done}; training stopped, the last good checkpoint is "
                                  f"kept ({_latest(last_mngr)})")
+        logged = progress.update(done, metrics, tokens, log=i == len(pending) - 1)
+        if logged:
+          last = logged
+          writer.write(done, {f"train/{k}": v for k, v in logged.items()})
+      pending.clear()
+
+    try:
+      for step in range(start_step, train_steps):
+        try:
+          local = next(batches)  # read while the previous step still runs on the device
+        except StopIteration:
+          raise UserError(f"{mixture_or_task_name} ran out of data at step {step}") from None
+        tokens = int(np.count_nonzero(local["encoder_input_tokens"]) + np.count_nonzero(local["decoder_target_tokens"]))
+        state, metrics = step_fn(state, partitioning.global_batch(local, mesh, layout), dropout_key)
         done = step + 1
-        last = progress.update(done, metrics, tokens * jax.process_count())
-        if last:
-          writer.write(done, {f"train/{k}": v for k, v in last.items()})
-        evaluated = None
-        if eval_fn and eval_period and (done % eval_period == 0 or done == train_steps):
+        pending.append((done, tokens * layout.num_shards, metrics))
+        evaluate_now = bool(eval_fn and eval_period and (done % eval_period == 0 or done == train_steps))
+        save_now = done % checkpoint_period == 0 or done == train_steps
+        if evaluate_now or save_now or progress.due(done):
+          check_pending()
+        if evaluate_now:
           evaluated = eval_fn(state.params)
           writer.write(done, evaluated)
           log_fn(logs.format_metrics(done, evaluated))
           if best_mngr is not None:
             if best_metric not in evaluated:
               raise UserError(f"best_metric {best_metric!r} is not among the eval metrics {sorted(evaluated)}")
-            checkpoints.save(best_mngr, done, state.params, meta, metrics=evaluated)
-        if done % checkpoint_period == 0 or done == train_steps:
-          meta["data"]["batches_consumed"] = done
-          checkpoints.save(last_mngr, done, state.params, meta, opt_state=state.opt_state)
-        if evaluated:
+            checkpoints.save(best_mngr, done, state.params, meta, metrics=evaluated, wait=False)
           last, last_eval = {**last, **evaluated}, evaluated
+        if save_now:
+          step_meta = {**meta, "data": {**meta["data"], "batches_consumed": done}}
+          checkpoints.save(last_mngr, done, state.params, step_meta, opt_state=state.opt_state, wait=False,
+                           data_iterator=iterator)
     finally:
       writer.close()
-      last_mngr.close()
+      last_mngr.close()  # waits for a save still being written
       if best_mngr is not None:
         best_mngr.close()
     if jax.process_index() == 0:
@@ -278,6 +296,25 @@ def _vocab_path(vocabulary) -> str | None:
   return getattr(vocabulary, "sentencepiece_model_file", None)
 
 
+def _input_at(ds, start_step: int, resume, data: dict, log_fn):
+  """The dataset's iterator at the position `start_step` batches in: restored from the checkpoint when it was
+  written with the same data settings and layout (constant time), else by reading and dropping the batches.
+  One iterator only: each new iterator of a dataset that reshuffles draws a different order."""
+  if not start_step:
+    return iter(ds)
+  root, step, meta = resume
+  path = os.path.join(root, str(step))
+  saved = {k: v for k, v in meta.get("data", {}).items() if k != "batches_consumed"}
+  if saved == data and checkpoints.has_data_iterator(path):
+    iterator = iter(ds)
+    checkpoints.restore_data_iterator(path, iterator)
+    log_fn(f"restored the input position at step {start_step}")
+    return iterator
+  log_fn(f"re-reading {start_step} batches to reach the input position (the checkpoint has no iterator saved "
+         f"with these data settings and processes)")
+  return iter(ds.skip(start_step))
+
+
 def _warn_if_data_changed(meta, name, lengths, batch_size, seed, log_fn):
   saved = meta.get("data", {})
   now = {"mixture_or_task_name": name, "task_feature_lengths": dict(lengths), "batch_size": batch_size,
@@ -296,22 +333,23 @@ def _make_evaluator(config, shardings, eval_tasks, split, lengths, batch_size, m
   settings = inference.Settings(batch_size=batch_size, inputs_length=lengths["inputs"],
                                 max_decode_length=lengths["targets"])
   eval_step = trainer.jit_eval_step(trainer.make_eval_step(config), shardings)
-  partitioning.check_batch_size(batch_size, shardings.mesh)
-  local_size = batch_size // jax.process_count()
+  layout = partitioning.data_layout(shardings.mesh, batch_size)
+  local_size = layout.rows
   cached = {}
 
   def batches(task):
     if task not in cached:  # eval sets are small: read once, pad to the same number of batches on every host
       ds = pipeline.get_dataset(task, split, lengths, shuffle=False, num_epochs=1, pack=False,
-                                shard_info=pipeline.host_shard(), seed=0)
+                                shard_info=layout.shard_info, seed=0)
       rows = list(pipeline.iterate(ds))
       count = -(-len(rows) // local_size)
       if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         count = int(np.max(multihost_utils.process_allgather(np.array(count))))
-      template = rows[0] if rows else None
-      padded = rows + [{k: np.zeros_like(v) for k, v in template.items()}] * (count * local_size - len(rows))
-      cached[task] = [{k: np.stack([r[k] for r in padded[i:i + local_size]]) for k in template}
+      # All-padding rows (zero loss weight) fill the last batch, and every batch of a shard with no examples.
+      blank = {k: np.zeros(spec.shape, spec.dtype.as_numpy_dtype) for k, spec in ds.element_spec.items()}
+      padded = rows + [blank] * (count * local_size - len(rows))
+      cached[task] = [{k: np.stack([r[k] for r in padded[i:i + local_size]]) for k in blank}
                       for i in range(0, len(padded), local_size)]
     return cached[task]
 
@@ -320,7 +358,7 @@ def _make_evaluator(config, shardings, eval_tasks, split, lengths, batch_size, m
     for task in eval_tasks:
       sums = None
       for local in batches(task):
-        m = eval_step(params, partitioning.global_batch(local, shardings.mesh))
+        m = eval_step(params, partitioning.global_batch(local, shardings.mesh, layout))
         sums = m if sums is None else jax.tree.map(lambda a, b: a + b, sums, m)
       summary = trainer.summarize(sums)
       out[f"eval/{task}/loss"] = float(summary["loss"])

@@ -79,7 +79,8 @@ def run_jax(shape, batch_size, steps):
   enc, dec_in, tgt = batch(batch_size, *shape)
   features = {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in, "decoder_target_tokens": tgt,
               "decoder_loss_weights": (tgt > 0).astype(np.int32)}
-  features = partitioning.global_batch({k: np.asarray(v, np.int32) for k, v in features.items()}, mesh)
+  features = partitioning.global_batch({k: np.asarray(v, np.int32) for k, v in features.items()}, mesh,
+                                      partitioning.data_layout(mesh, batch_size))
   key = jax.random.key(1)
   start = time.perf_counter()
   state, metrics = step(state, features, key)

@@ -1,6 +1,7 @@
 """Training: mesh-sharded steps equal single-device ones, exact resume, crash safety, NaN stop, bad input."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,13 +76,21 @@ def test_exact_resume(tmp_path):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   run_in_process(straight, 6, "--gin.train.checkpoint_period=3", "--gin.DROPOUT_RATE=0.1")
   run_in_process(resumed, 3, "--gin.train.checkpoint_period=3", "--gin.DROPOUT_RATE=0.1")
+  shutil.copytree(resumed, str(tmp_path / "replayed"))
   lines = run_in_process(resumed, 6, "--gin.train.checkpoint_period=3", "--gin.DROPOUT_RATE=0.1")
   assert any(line.startswith("resumed from") and line.endswith("/3") for line in lines)
+  assert "restored the input position at step 3" in lines  # the saved tf.data iterator, no re-reading
   diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
              for x, y in zip(_params(straight, 6), _params(resumed, 6)))
   assert diff <= 1e-6
   a, b = train_losses(straight), train_losses(resumed)
   assert all(abs(a[s] - b[s]) <= 1e-6 for s in (4, 5, 6))  # the same data stream after the resume
+  # A checkpoint without an iterator (or from other data settings) reaches the position by re-reading.
+  shutil.rmtree(tmp_path / "replayed" / "checkpoints" / "3" / "data_iterator")
+  lines = run_in_process(str(tmp_path / "replayed"), 6, "--gin.train.checkpoint_period=3", "--gin.DROPOUT_RATE=0.1")
+  assert any(line.startswith("re-reading 3 batches") for line in lines)
+  c = train_losses(tmp_path / "replayed")
+  assert all(abs(a[s] - c[s]) <= 1e-6 for s in (4, 5, 6))
 
 
 def _wait_for(path, proc, timeout=300):
@@ -118,6 +127,7 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
   assert all(np.all(np.isfinite(np.asarray(p))) for p in jax.tree.leaves(params))
   lines = run_in_process(model_dir, 4, "--gin.train.checkpoint_period=2")
   assert any(line.endswith("/2") and line.startswith("resumed from") for line in lines)
+  assert "restored the input position at step 2" in lines
   assert checkpoints.locate(ckpts)[1] == 4
 
 
@@ -165,26 +175,66 @@ def _free_port():
     return s.getsockname()[1]
 
 
+def _two_processes(model_dir, steps, *flags, env=None):
+  port = _free_port()
+  procs = [run_subprocess(model_dir, steps, *flags, f"--coordinator_address=127.0.0.1:{port}",
+                          "--num_processes=2", f"--process_id={i}", wait=False,
+                          env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+                               **(env or {})})
+           for i in range(2)]
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  return [p.returncode for p in procs], outputs
+
+
+def _one_process_four_devices(model_dir, steps, *flags):
+  result = run_subprocess(model_dir, steps, *flags,
+                          env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 0, result.stdout + result.stderr
+  return result.stdout
+
+
 def test_two_processes_equal_one_process_on_four_devices(tmp_path):
   """2 processes x 2 fake CPU devices (gloo) against 1 process x 4 devices: the same global batches (one task,
   in order, unpacked, so the two hosts' shards together are the single host's batch) give the same losses."""
   same_data = ["--gin.MIXTURE_OR_TASK_NAME='demo_arithmetic'", "--gin.train.pack=False",
                "--gin.train.shuffle=False", "--gin.make_mesh.data_parallel=4"]
-  single = run_subprocess(tmp_path / "single", 3, *same_data,
-                          env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"})
-  assert single.returncode == 0, single.stdout + single.stderr
-  port = _free_port()
-  procs = [run_subprocess(tmp_path / "multi", 3, *same_data, f"--coordinator_address=127.0.0.1:{port}",
-                          "--num_processes=2", f"--process_id={i}", wait=False,
-                          env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"})
-           for i in range(2)]
-  outputs = [p.communicate(timeout=600)[0] for p in procs]
-  assert all(p.returncode == 0 for p in procs), outputs
-  assert "mesh data=4 model=1 over 4 of 4 devices" in outputs[0]
+  _one_process_four_devices(tmp_path / "single", 3, *same_data)
+  codes, outputs = _two_processes(tmp_path / "multi", 3, *same_data)
+  assert codes == [0, 0], outputs
+  assert "data shard 0 of 2, 4 rows a step from this process" in outputs[0]
   a, b = train_losses(tmp_path / "single"), train_losses(tmp_path / "multi")
   assert sorted(a) == sorted(b) == [1, 2, 3]
   assert max(abs(a[s] - b[s]) for s in a) <= 1e-5, (a, b)
   assert checkpoints.locate(str(tmp_path / "multi" / "checkpoints"))[1] == 3
+
+
+@pytest.mark.parametrize("mesh", [
+    ["--gin.make_mesh.data_parallel=1", "--gin.make_mesh.model_parallel=4"],
+    ["--gin.make_mesh.data_parallel=2", "--gin.make_mesh.model_parallel=2", "--gin.make_mesh.minor_axis='data'"],
+], ids=["1x4", "2x2_model_across_processes"])
+def test_model_axis_across_processes_equals_one_process(mesh, tmp_path):
+  """Processes that hold replicas of the same rows read the same shard: with packing and shuffling on the demo
+  mixture, 2 processes x 2 devices train exactly as 1 process x 4 devices on the same mesh."""
+  single = _one_process_four_devices(tmp_path / "single", 3, *mesh)
+  codes, outputs = _two_processes(tmp_path / "multi", 3, *mesh)
+  assert codes == [0, 0], outputs
+  assert "data shard 0 of 1, 8 rows a step from this process" in single
+  assert all("data shard 0 of 1, 8 rows a step from this process" in out for out in outputs)
+  a, b = train_losses(tmp_path / "single"), train_losses(tmp_path / "multi")
+  assert sorted(a) == sorted(b) == [1, 2, 3]
+  assert max(abs(a[s] - b[s]) for s in a) <= 1e-5, (a, b)
+  diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+             for x, y in zip(_params(tmp_path / "single", 3), _params(tmp_path / "multi", 3)))
+  assert diff <= 1e-5
+
+
+def test_a_mesh_that_cannot_be_laid_out_over_the_processes(tmp_path):
+  codes, outputs = _two_processes(tmp_path / "run", 2, "--gin.make_mesh.data_parallel=3", "--gin.BATCH_SIZE=6")
+  assert codes == [2, 2], outputs
+  for out in outputs:
+    assert out.strip().splitlines()[-1].startswith(
+        "flan-jax: error: the mesh data=3 x model=1 cannot be laid out over 2 processes")
+  assert not (tmp_path / "run").exists()
 
 
 # --- a new user's first hour: gin lookup, entry points, strict flags, prompt exits ---

@@ -1,6 +1,5 @@
 """From a task or mixture name to batches of model features (seqio's EncDecFeatureConverter, packed)."""
 
-import jax
 import numpy as np
 import seqio
 import tensorflow as tf
@@ -11,11 +10,6 @@ from flan_jax.errors import UserError
 
 # TF only feeds data: keep it off any accelerator JAX uses.
 tf.config.set_visible_devices([], "GPU")
-
-
-def host_shard() -> seqio.ShardInfo:
-  """This process's shard of the data: disjoint across processes, together covering it."""
-  return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
 
 
 def get_dataset(name: str, split: str, feature_lengths: dict, seed: int | None = 0, shuffle: bool = True,
@@ -34,12 +28,13 @@ def get_dataset(name: str, split: str, feature_lengths: dict, seed: int | None =
   return ds
 
 
-def iterate(ds: tf.data.Dataset):
-  """numpy batches; a bad example raised inside tf.data comes out as the UserError it was."""
-  it = ds.as_numpy_iterator()
+def iterate(ds_or_iterator):
+  """numpy batches from a dataset or its (checkpointable) iterator; a bad example raised inside tf.data comes
+  out as the UserError it was."""
+  it = iter(ds_or_iterator)
   while True:
     try:
-      yield next(it)
+      batch = next(it)
     except StopIteration:
       return
     except tf.errors.OpError as e:
@@ -47,6 +42,7 @@ def iterate(ds: tf.data.Dataset):
       if user_error:
         raise user_error from None
       raise
+    yield tf.nest.map_structure(lambda t: t.numpy(), batch)
 
 
 def packing_efficiency(batches) -> dict:
