@@ -116,12 +116,8 @@ def restore(path: str, abstract_params=None, abstract_opt_state=None):
   them the parameters land on this process's first device, whatever mesh wrote them."""
   root, step, meta = read_meta(path)
   if abstract_params is None:
-    import flax.linen as nn
-
-    from flan_jax.models.t5 import abstract_variables
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                                   nn.unbox(abstract_variables(model_config(meta)))["params"])
+    from flan_jax.partitioning import restore_target
+    abstract_params = restore_target(model_config(meta))
   items = {PARAMS: ocp.args.StandardRestore(abstract_params)}
   has_opt = (epath.Path(root) / str(step) / OPT_STATE).is_dir()
   if abstract_opt_state is not None:

@@ -21,9 +21,17 @@ def _import_hf(args):
   print(f"wrote checkpoint {out}")
 
 
+def _mesh(args):
+  """The mesh from `--gin.make_mesh.*` flags, as in train (default: data-parallel over all devices)."""
+  from flan_jax import gin_utils, partitioning
+  gin_utils.parse([], args.gin_bindings)
+  return partitioning.make_mesh()
+
+
 def _export_hf(args):
   from flan_jax import hf
-  out = hf.export_hf(args.checkpoint, args.out)
+  _start_processes(args)
+  out = hf.export_hf(args.checkpoint, args.out, _mesh(args))
   print(f"wrote HuggingFace folder {out}")
 
 
@@ -54,7 +62,7 @@ def _infer(args):
   if bool(args.task) == bool(args.input):
     raise UserError("infer needs exactly one of --task NAME or --input FILE.jsonl")
   _start_processes(args)
-  model = inference.load(args.checkpoint)
+  model = inference.load(args.checkpoint, _mesh(args))
   if args.task:
     records = []
     for _, tasks in evaluation.expand([args.task]):
@@ -65,9 +73,6 @@ def _infer(args):
     records = inference.read_jsonl(args.input)[:args.max_examples or None]
   if args.mode == "score" and any("targets" not in r for r in records):
     raise UserError("score mode needs a 'targets' string in every record")
-  # Each process handles every process_count-th record and writes its own part.
-  records = records[jax.process_index()::jax.process_count()]
-  output = args.output if jax.process_count() == 1 else f"{args.output}-{jax.process_index():05d}-of-{jax.process_count():05d}"
   settings = _settings(args)
   inputs = [r["inputs"] for r in records]
   if args.mode == "predict":
@@ -76,12 +81,14 @@ def _infer(args):
   else:
     values = inference.score(model, inputs, [r["targets"] for r in records], settings, _progress("score", len(inputs)))
     key = "log_likelihood"
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  with open(output + ".tmp", "w") as f:
-    for record, value in zip(records, values):
-      f.write(json.dumps({**record, key: value}) + "\n")
-  os.replace(output + ".tmp", output)
-  print(f"wrote {len(records)} records to {output}")
+  if jax.process_index() == 0:  # every process ran every batch on the shared mesh and has every result
+    output = args.output
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output + ".tmp", "w") as f:
+      for record, value in zip(records, values):
+        f.write(json.dumps({**record, key: value}) + "\n")
+    os.replace(output + ".tmp", output)
+    print(f"wrote {len(records)} records to {output}")
 
 
 def _eval(args):
@@ -90,9 +97,13 @@ def _eval(args):
   from flan_jax import evaluation, inference
   from flan_jax.data import registration
   registration.import_task_modules(args.module)
-  model = inference.load(args.checkpoint)
+  _start_processes(args)
+  model = inference.load(args.checkpoint, _mesh(args))
   results = evaluation.evaluate(model, args.tasks, _settings(args), args.split, args.max_examples,
                                 log_fn=_stderr)
+  import jax
+  if jax.process_index():
+    return
   print(evaluation.table(results))
   if args.output:
     with open(args.output, "w") as f:
@@ -184,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("export-hf", help="write a flan-jax checkpoint as a HuggingFace T5 folder")
   p.add_argument("--checkpoint", required=True, help="checkpoint directory (its latest step) or one step's directory")
   p.add_argument("--out", required=True, help="new HuggingFace folder")
+  _add_process_flags(p)
   p.set_defaults(run=_export_hf)
 
   for name, help_text in (("infer", "predict or score over a task/mixture split or a JSONL file"),
@@ -202,8 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_k", type=int, default=0)
     p.add_argument("--top_p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    _add_process_flags(p)
     if name == "infer":
-      _add_process_flags(p)
       p.add_argument("--task", help="task or mixture name")
       p.add_argument("--input", help='JSONL with {"inputs": ...} (and "targets" to score)')
       p.add_argument("--mode", choices=["predict", "score"], default="predict")

@@ -100,7 +100,7 @@ def beam_search(params, enc_tokens, *, config: T5Config, max_length: int, beam_s
   flat = lambda x: x.reshape((batch * k,) + x.shape[2:])
   unflat = lambda x: x.reshape((batch, k) + x.shape[1:])
   enc_tokens_k = jnp.repeat(enc_tokens, k, axis=0)
-  encoded = dec.encode(params, enc_tokens_k)
+  encoded = jnp.repeat(dec.encode(params, enc_tokens), k, axis=0)  # each input encoded once, not once per beam
   cache = dec.init_cache(params, encoded, enc_tokens_k, max_length)
 
   def gather_beams(tree, indices):  # indices [batch, n] into the k beams of each example
@@ -156,3 +156,18 @@ def score(params, enc_tokens, dec_inputs, targets, *, config: T5Config):
   logits = T5(config).apply({"params": params}, enc_tokens, dec_inputs, targets)
   logp = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], axis=-1)[..., 0]
   return jnp.sum(logp * (targets > 0), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def score_options(params, enc_tokens, dec_inputs, targets, *, config: T5Config):
+  """[batch, options] log-likelihoods of each option's targets ([options, length]) after each input; the encoder
+  runs once per input, the decoder once per (input, option)."""
+  model = T5(config)
+  batch, options = enc_tokens.shape[0], targets.shape[0]
+  encoded = model.apply({"params": params}, enc_tokens, method=T5.encode)
+  each = lambda x: jnp.repeat(x, options, axis=0)   # input i's rows i*options ... i*options + options-1
+  tiled = lambda x: jnp.tile(x, (batch, 1))
+  logits = model.apply({"params": params}, each(encoded), each(enc_tokens), tiled(dec_inputs), tiled(targets),
+                       method=T5.decode)
+  logp = jnp.take_along_axis(jax.nn.log_softmax(logits), tiled(targets)[..., None], axis=-1)[..., 0]
+  return jnp.sum(logp * (tiled(targets) > 0), axis=-1).reshape(batch, options)

@@ -59,9 +59,8 @@ def evaluate_task(model: inference.Model, task_name: str, split, settings: infer
   inputs, targets = [r[0] for r in rows], [r[1] for r in rows]
   options = registration.RANK_OPTIONS.get(task_name)
   if options:
-    flat = inference.score(model, [i for i in inputs for _ in options], [o for _ in inputs for o in options],
-                           settings)
-    chosen = [options[int(np.argmax(flat[k * len(options):(k + 1) * len(options)]))] for k in range(len(inputs))]
+    scores = inference.score_options(model, inputs, options, settings)
+    chosen = [options[int(i)] for i in np.argmax(scores, axis=1)]
     correct = [c == t for c, t in zip(chosen, targets)]
     method, predictions = "rank_classification", chosen
   else:

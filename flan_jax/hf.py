@@ -229,10 +229,34 @@ def _tokenizer_files(vocabulary_kind: str) -> dict:
   return {"tokenizer_config.json": config, "special_tokens_map.json": {**specials, "additional_special_tokens": extra}}
 
 
-def export_hf(checkpoint: str, out_dir: str) -> str:
+def write_safetensors(path: str, shapes: dict, tensors, metadata: dict | None = None) -> None:
+  """A float32 safetensors file written one tensor at a time: `shapes` maps name -> shape (the header comes
+  first), `tensors` yields (name, array) in the order of `shapes`. Host memory holds one tensor at a time."""
+  header, offset = {"__metadata__": metadata} if metadata else {}, 0
+  for name, shape in shapes.items():
+    size = 4 * int(np.prod(shape))
+    header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+    offset += size
+  text = json.dumps(header, separators=(",", ":")).encode()
+  text += b" " * (-len(text) % 8)
+  with open(path, "wb") as f:
+    f.write(len(text).to_bytes(8, "little") + text)
+    for (name, shape), (got, value) in zip(shapes.items(), tensors):
+      if got != name or tuple(value.shape) != tuple(shape) or value.dtype != np.float32:
+        raise ValueError(f"tensor {got} {value.shape} {value.dtype} does not match the header's {name} {shape}")
+      f.write(np.ascontiguousarray(value).tobytes())
+
+
+def export_hf(checkpoint: str, out_dir: str, mesh=None) -> str:
   """A flan-jax checkpoint as a HuggingFace T5 folder: config.json, model.safetensors (float32),
-  generation_config.json and tokenizer files. Written to a temporary sibling and renamed when complete."""
-  from safetensors.numpy import save_file
+  generation_config.json and tokenizer files. Written to a temporary sibling and renamed when complete.
+
+  The parameters are restored sharded over `mesh` (or on one device) and gathered to the host one at a time;
+  with several processes, process 0 writes."""
+  import jax
+  from jax.experimental import multihost_utils
+
+  from flan_jax import partitioning
 
   root, step, meta = checkpoints.read_meta(checkpoint)
   config = checkpoints.model_config(meta)
@@ -244,19 +268,32 @@ def export_hf(checkpoint: str, out_dir: str) -> str:
     raise UserError(f"checkpoint {root}/{step} has no SentencePiece vocabulary to export (looked for {spiece})")
   out_dir = os.path.abspath(out_dir)
   _check_new_dir(out_dir)
-  params, _, _, _ = checkpoints.restore(os.path.join(root, str(step)))
-  tensors = {}
-  for path, (name, transpose) in weight_map(config).items():
-    node = params
+  target = partitioning.restore_target(config, mesh)
+  params, _, _, _ = checkpoints.restore(os.path.join(root, str(step)), target)
+  entries = sorted((name, path, transpose) for path, (name, transpose) in weight_map(config).items())
+
+  def leaf(tree, path):
     for key in path:
-      node = node[key]
-    value = np.asarray(node, dtype=np.float32)
-    tensors[name] = np.ascontiguousarray(value.T if transpose else value)
+      tree = tree[key]
+    return tree
+
+  shapes = {name: leaf(target, path).shape[::-1] if transpose else leaf(target, path).shape
+            for name, path, transpose in entries}
+
+  def tensors():
+    for name, path, transpose in entries:
+      value = np.asarray(multihost_utils.process_allgather(leaf(params, path), tiled=True), dtype=np.float32)
+      yield name, value.T if transpose else value
+
+  if jax.process_index() != 0:
+    for _ in tensors():  # the gathers are collective: take part, write nothing
+      pass
+    return out_dir
   files = {"config.json": hf_config,
            "generation_config.json": {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0},
            **_tokenizer_files(kind)}
   with _atomic_dir(out_dir) as tmp:
-    save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    write_safetensors(os.path.join(tmp, "model.safetensors"), shapes, tensors(), metadata={"format": "pt"})
     for name, content in files.items():
       with open(os.path.join(tmp, name), "w") as f:
         json.dump(content, f, indent=2)

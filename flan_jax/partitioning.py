@@ -58,8 +58,21 @@ def param_specs(boxed_abstract):
 
 
 def param_shardings(boxed_abstract, mesh: Mesh):
-  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(boxed_abstract),
-                      is_leaf=lambda x: isinstance(x, P))
+  specs = param_specs(boxed_abstract)
+  check_divisible(nn.unbox(boxed_abstract), specs, dict(mesh.shape))
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, P))
+
+
+def check_divisible(abstract_params, specs, mesh_shape: dict) -> None:
+  """Every sharded dimension must split evenly over its mesh axes (e.g. heads over 'model')."""
+  flat_specs = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))
+  for (path, leaf), spec in zip(jax.tree_util.tree_flatten_with_path(abstract_params)[0], flat_specs):
+    for dim, axes in zip(leaf.shape, spec):
+      ways = int(np.prod([mesh_shape[a] for a in (axes if isinstance(axes, tuple) else (axes,)) if a]))
+      if dim % ways:
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        raise UserError(f"{name} has a dimension of {dim}, which the mesh's {spec} cannot split {ways} ways: "
+                        f"choose a model_parallel that divides heads, d_ff and the vocabulary")
 
 
 def opt_state_specs(abstract_opt_state, abstract_params, specs):
@@ -154,12 +167,25 @@ def data_layout(mesh: Mesh, batch_size: int) -> DataLayout:
   return DataLayout(batch_size, distinct.index(mine), len(distinct), batch_size // data * len(mine))
 
 
+def global_array(local, mesh: Mesh, layout: DataLayout) -> jax.Array:
+  """This process's rows of a batch -> the global jax.Array, sharded over 'data'; the shape is checked."""
+  if local.shape[0] != layout.rows:
+    raise ValueError(f"this process fed {local.shape[0]} rows, its data layout says {layout.rows}")
+  return jax.make_array_from_process_local_data(batch_sharding(mesh), local, (layout.batch_size,) + local.shape[1:])
+
+
 def global_batch(local_batch: dict, mesh: Mesh, layout: DataLayout) -> dict:
-  """This process's rows -> one global jax.Array per feature, sharded over 'data'; shapes checked."""
-  sharding = batch_sharding(mesh)
-  out = {}
-  for k, v in local_batch.items():
-    if v.shape[0] != layout.rows:
-      raise ValueError(f"{k}: this process fed {v.shape[0]} rows, its layout says {layout.rows}")
-    out[k] = jax.make_array_from_process_local_data(sharding, v, (layout.batch_size,) + v.shape[1:])
-  return out
+  return {k: global_array(v, mesh, layout) for k, v in local_batch.items()}
+
+
+def restore_target(config, mesh: Mesh | None = None):
+  """Abstract parameters to restore into: sharded over `mesh` by the logical rules, or on this process's first
+  device; either way independent of the mesh the checkpoint was written on."""
+  from flan_jax.models.t5 import abstract_variables
+  boxed = abstract_variables(config)["params"]
+  if mesh is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, nn.unbox(boxed))
+  else:
+    shardings = param_shardings(boxed, mesh)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings)

@@ -364,7 +364,7 @@ def _make_evaluator(config, shardings, eval_tasks, split, lengths, batch_size, m
       out[f"eval/{task}/loss"] = float(summary["loss"])
       out[f"eval/{task}/token_accuracy"] = float(summary["accuracy"])
       if max_examples:  # what inference would answer: generation, or rank classification for option tasks
-        model = inference.Model(config, params, vocabulary, fingerprint(vocabulary))
+        model = inference.Model(config, params, vocabulary, fingerprint(vocabulary), shardings.mesh)
         result = evaluation.evaluate_task(model, task, split, settings, max_examples)
         out[f"eval/{task}/accuracy"] = result["accuracy"]
         out.update({f"eval/{task}/{k}": v for k, v in result["metrics"].items()})

@@ -32,12 +32,17 @@ def run_in_process(model_dir, steps, *extra):
   return lines
 
 
-def run_subprocess(model_dir, steps, *extra, env=None, wait=True):
-  cmd = [sys.executable, os.path.join(HERE, "train_worker.py"), "train"] + _bindings(model_dir, steps, *extra)
+def run_subprocess(model_dir, steps, *extra, env=None, wait=True, cwd=None):
+  return run_cli("train", *_bindings(model_dir, steps, *extra), env=env, wait=wait, cwd=cwd)
+
+
+def run_cli(*args, env=None, wait=True, cwd=None):
+  """`flan-jax ARGS` in a subprocess (tests/train_worker.py)."""
+  cmd = [sys.executable, os.path.join(HERE, "train_worker.py")] + list(args)
   full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
   if not wait:
-    return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
+  return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
 def train_losses(model_dir):
@@ -175,10 +180,10 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _two_processes(model_dir, steps, *flags, env=None):
+def _two_processes(model_dir, steps, *flags, env=None, cwd=None):
   port = _free_port()
   procs = [run_subprocess(model_dir, steps, *flags, f"--coordinator_address=127.0.0.1:{port}",
-                          "--num_processes=2", f"--process_id={i}", wait=False,
+                          "--num_processes=2", f"--process_id={i}", wait=False, cwd=cwd,
                           env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
                                **(env or {})})
            for i in range(2)]
@@ -226,6 +231,22 @@ def test_model_axis_across_processes_equals_one_process(mesh, tmp_path):
   diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
              for x, y in zip(_params(tmp_path / "single", 3), _params(tmp_path / "multi", 3)))
   assert diff <= 1e-5
+
+
+def test_eval_with_more_processes_than_examples(tmp_path):
+  """A process whose shard of an eval set is empty feeds padding rows and does not crash."""
+  (tmp_path / "one_example_tasks.py").write_text(
+      "from flan_jax.data.registration import register_prompt_task\n"
+      "from flan_jax.vocab import byte_vocabulary\n"
+      "rows = [{'inputs': f'say {i}', 'targets': str(i)} for i in range(20)]\n"
+      "register_prompt_task('one_example', {'train': rows, 'validation': rows[:1]}, byte_vocabulary())\n")
+  codes, outputs = _two_processes(tmp_path / "run", 2, "--gin.MIXTURE_OR_TASK_MODULE='one_example_tasks'",
+                                  "--gin.EVAL_TASKS=['one_example']", "--gin.EVAL_PERIOD=2",
+                                  "--gin.train.eval_batch_size=4", cwd=tmp_path)
+  assert codes == [0, 0], outputs
+  assert "eval/one_example/loss" in outputs[0]
+  evals = [r for r in logs.read_log(str(tmp_path / "run")) if "eval/one_example/loss" in r]
+  assert len(evals) == 1 and evals[0]["step"] == 2 and np.isfinite(evals[0]["eval/one_example/loss"])
 
 
 def test_a_mesh_that_cannot_be_laid_out_over_the_processes(tmp_path):

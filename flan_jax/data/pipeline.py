@@ -19,10 +19,11 @@ def get_dataset(name: str, split: str, feature_lengths: dict, seed: int | None =
   provider = get_provider(name)
   if split not in provider.splits:
     raise UserError(f"{name} has no split {split!r}; it has {sorted(provider.splits)}")
-  ds = seqio.get_dataset(
-      mixture_or_task_name=name, task_feature_lengths=dict(feature_lengths), dataset_split=split,
-      shuffle=shuffle, num_epochs=num_epochs, feature_converter=seqio.EncDecFeatureConverter(pack=pack),
-      shard_info=shard_info, seed=seed, use_cached=False)
+  # seqio would cache small sources in memory; a tf.data checkpoint of that cache restores in time that grows
+  # with the epochs read, so the training stream reads its (in-memory or TFDS) source directly.
+  ds = provider.get_dataset(dict(feature_lengths), split=split, use_cached=False, shuffle=shuffle, seed=seed,
+                            shard_info=shard_info, num_epochs=num_epochs, try_in_mem_cache=False)
+  ds = seqio.EncDecFeatureConverter(pack=pack)(ds, task_feature_lengths=dict(feature_lengths))
   if batch_size:
     ds = ds.batch(batch_size, drop_remainder=True)
   return ds

@@ -1,0 +1,91 @@
+"""Checkpoints on other meshes: inference, scoring and export sharded over 8 fake devices equal one device, and a
+checkpoint written on a 4x2 mesh trains on, restores and exports from 1x8 and from a single device."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from flan_jax import checkpoints
+from test_train import _params, run_cli, run_subprocess, train_losses
+
+HEADS = "--gin.T5Config.num_heads=8"  # the demo model with 8 heads, so that 'model' can be 8 ways
+EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+MESH_2x4 = ["--gin.make_mesh.data_parallel=2", "--gin.make_mesh.model_parallel=4"]
+ONE_DEVICE = ["--gin.make_mesh.data_parallel=1", "--gin.make_mesh.model_parallel=1"]
+
+
+@pytest.fixture(scope="module")
+def trained_on_4x2(tmp_path_factory):
+  """The demo model after 2 steps on a 4x2 mesh (8 fake devices)."""
+  model_dir = tmp_path_factory.mktemp("mesh") / "run"
+  result = run_subprocess(model_dir, 2, "--gin.make_mesh.data_parallel=4", "--gin.make_mesh.model_parallel=2",
+                          HEADS, env=EIGHT)
+  assert result.returncode == 0, result.stdout + result.stderr
+  return str(model_dir)
+
+
+def _infer(checkpoint, out, mesh, *flags):
+  result = run_cli("infer", "--checkpoint", checkpoint, "--task", "demo_sort", "--max_examples", "8",
+                   "--batch_size", "8", "--inputs_length", "64", "--max_decode_length", "16", "--output", str(out),
+                   *flags, *mesh, env=EIGHT)
+  assert result.returncode == 0, result.stdout + result.stderr
+  return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("flags", [[], ["--beam_size", "3"], ["--mode", "score"]], ids=["greedy", "beam", "score"])
+def test_inference_sharded_over_2x4_equals_one_device(trained_on_4x2, flags, tmp_path):
+  ckpt = os.path.join(trained_on_4x2, "checkpoints")
+  one = _infer(ckpt, tmp_path / "one.jsonl", ONE_DEVICE, *flags)
+  sharded = _infer(ckpt, tmp_path / "sharded.jsonl", MESH_2x4, *flags)
+  assert len(one) == len(sharded) == 8
+  if "score" in flags:
+    a, b = (np.array([r["log_likelihood"] for r in rows]) for rows in (one, sharded))
+    assert np.all(a < 0) and np.max(np.abs(a - b)) <= 1e-5
+  else:
+    assert [r["prediction"] for r in one] == [r["prediction"] for r in sharded]
+    assert len({r["prediction"] for r in one}) > 1
+
+
+def test_export_from_sharded_params_is_byte_identical(trained_on_4x2, tmp_path):
+  ckpt = os.path.join(trained_on_4x2, "checkpoints")
+  for name, mesh in (("one", ONE_DEVICE), ("sharded", MESH_2x4)):
+    result = run_cli("export-hf", "--checkpoint", ckpt, "--out", str(tmp_path / name), *mesh, env=EIGHT)
+    assert result.returncode == 0, result.stdout + result.stderr
+  one, sharded = ((tmp_path / n / "model.safetensors").read_bytes() for n in ("one", "sharded"))
+  assert one == sharded
+  from safetensors.numpy import load_file
+  tensors = load_file(str(tmp_path / "one" / "model.safetensors"))
+  params = checkpoints.restore(ckpt)[0]
+  assert np.array_equal(tensors["lm_head.weight"], np.asarray(params["decoder"]["logits_dense"]["kernel"]).T)
+
+
+def test_a_4x2_checkpoint_resumes_on_1x8_then_on_one_device(trained_on_4x2, tmp_path):
+  import shutil
+  model_dir = str(tmp_path / "run")
+  shutil.copytree(trained_on_4x2, model_dir)
+  result = run_subprocess(model_dir, 4, "--gin.make_mesh.data_parallel=1", "--gin.make_mesh.model_parallel=8",
+                          HEADS, env=EIGHT)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert "resumed from" in result.stdout and "mesh data=1 model=8" in result.stdout
+  result = run_subprocess(model_dir, 6, HEADS, env={"JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert "mesh data=1 model=1 over 1 of 1 devices" in result.stdout
+  assert sorted(train_losses(model_dir)) == [1, 2, 3, 4, 5, 6]
+  assert all(np.all(np.isfinite(np.asarray(p))) for p in _params(model_dir, 6))
+
+
+def test_a_model_axis_that_does_not_divide_the_heads_is_one_clear_error():
+  from flan_jax import partitioning
+  from flan_jax.errors import UserError
+  from flan_jax.models import T5Config
+  from flan_jax.models.t5 import abstract_variables
+  import flax.linen as nn
+  boxed = abstract_variables(T5Config(vocab_size=384, d_model=64, d_ff=128, num_heads=4, d_kv=16,
+                                      num_encoder_layers=1, num_decoder_layers=1))["params"]
+  specs = partitioning.param_specs(boxed)
+  partitioning.check_divisible(nn.unbox(boxed), specs, {"data": 1, "model": 4})
+  with pytest.raises(UserError, match=r"decoder/relpos_bias/rel_embedding has a dimension of 4, which the mesh's "
+                                      r"P\('model', None\) cannot split 8 ways"):
+    partitioning.check_divisible(nn.unbox(boxed), specs, {"data": 1, "model": 8})
