@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from flan_jax import checkpoints
-from test_train import _params, run_cli, run_subprocess, train_losses
+from test_train import _free_port, _params, run_cli, run_subprocess, train_losses
 
 HEADS = "--gin.T5Config.num_heads=8"  # the demo model with 8 heads, so that 'model' can be 8 ways
 EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
@@ -46,6 +46,24 @@ def test_inference_sharded_over_2x4_equals_one_device(trained_on_4x2, flags, tmp
   else:
     assert [r["prediction"] for r in one] == [r["prediction"] for r in sharded]
     assert len({r["prediction"] for r in one}) > 1
+
+
+def test_infer_with_two_processes_equals_one(trained_on_4x2, tmp_path):
+  """2 processes x 2 devices decode on one 1x4 mesh (the model axis across them): process 0 writes the same
+  predictions as one process on one device."""
+  ckpt = os.path.join(trained_on_4x2, "checkpoints")
+  one = _infer(ckpt, tmp_path / "one.jsonl", ONE_DEVICE)
+  port = _free_port()
+  procs = [run_cli("infer", "--checkpoint", ckpt, "--task", "demo_sort", "--max_examples", "8", "--batch_size", "8",
+                   "--inputs_length", "64", "--max_decode_length", "16", "--output", str(tmp_path / "two.jsonl"),
+                   "--gin.make_mesh.data_parallel=1", "--gin.make_mesh.model_parallel=4",
+                   f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+                   env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}, wait=False)
+           for i in range(2)]
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outputs
+  two = [json.loads(line) for line in (tmp_path / "two.jsonl").read_text().splitlines()]
+  assert [r["prediction"] for r in two] == [r["prediction"] for r in one]
 
 
 def test_export_from_sharded_params_is_byte_identical(trained_on_4x2, tmp_path):
