@@ -56,7 +56,10 @@ def _filter_logits(logits, top_k: int, top_p: float):
 @functools.partial(jax.jit, static_argnames=("config", "max_length", "temperature", "top_k", "top_p"))
 def sample(params, enc_tokens, rng, *, config: T5Config, max_length: int, temperature: float = 0.0,
            top_k: int = 0, top_p: float = 1.0):
-  """Greedy (temperature 0) or sampled decoding. Returns (tokens, sum of log-probs of the chosen tokens)."""
+  """Greedy (temperature 0) or sampled decoding. Returns (tokens, sum of log-probs of the chosen tokens).
+  `rng` is a key, or its raw uint32 data."""
+  if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.wrap_key_data(rng)
   dec = Decoder(config)
   encoded = dec.encode(params, enc_tokens)
   cache = dec.init_cache(params, encoded, enc_tokens, max_length)

@@ -100,7 +100,7 @@ def _run(model: Model, fn, rows: list, shared: list = ()):
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   with jax.set_mesh(mesh), partitioning.axis_rules():
     out = fn(model.params, *[partitioning.global_array(a[mine], mesh, layout) for a in rows],
-             *[jax.device_put(x, replicated) for x in shared])
+             *[jax.make_array_from_callback(x.shape, replicated, lambda index, x=x: x[index]) for x in shared])
   return multihost_utils.process_allgather(out, tiled=True)
 
 
@@ -118,6 +118,7 @@ def predict(model: Model, inputs: list[str], settings: Settings, progress=None) 
       tokens, _ = _run(model, fn, [batch])
     else:
       rng, key = jax.random.split(rng)
+      key = np.asarray(jax.random.key_data(key))  # raw uint32, so it can be placed on any mesh
       fn = lambda params, enc_tokens, key: decoding.sample(
           params, enc_tokens, key, config=model.config, max_length=settings.max_decode_length,
           temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
