@@ -271,6 +271,20 @@ def test_directories_named_like_gin_folders_in_the_working_directory(tmp_path, m
   assert checkpoints.locate(str(tmp_path / "runs" / "demo" / "checkpoints"))[1] == 2
 
 
+def test_a_task_module_with_its_own_gin_configurable(tmp_path, monkeypatch):
+  """MIXTURE_OR_TASK_MODULE is imported after the gin config is parsed and locked; its configurables still
+  register."""
+  (tmp_path / "my_gin_tasks.py").write_text(
+      "import gin\nfrom flan_jax.data.registration import register_prompt_task\n"
+      "from flan_jax.vocab import byte_vocabulary\n\n@gin.configurable\ndef my_rows(n=12):\n"
+      "  return [{'inputs': f'say {i}', 'targets': str(i)} for i in range(n)]\n\n"
+      "register_prompt_task('my_gin_task', {'train': my_rows()}, byte_vocabulary())\n")
+  monkeypatch.chdir(tmp_path)
+  run_in_process(str(tmp_path / "run"), 1, "--gin.MIXTURE_OR_TASK_MODULE='my_gin_tasks'",
+                 "--gin.MIXTURE_OR_TASK_NAME='my_gin_task'", "--gin.train.pack=False")
+  assert checkpoints.locate(str(tmp_path / "run" / "checkpoints"))[1] == 1
+
+
 @pytest.mark.parametrize("entry", [["-m", "flan_jax.train"], ["-m", "flan_jax", "train"]])
 def test_python_dash_m_entry_points(entry, tmp_path):
   cmd = [sys.executable] + entry + _bindings(str(tmp_path / "run"), 1)

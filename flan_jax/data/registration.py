@@ -8,6 +8,7 @@ import json
 import logging
 import os
 
+import gin
 import seqio
 import tensorflow as tf
 
@@ -168,7 +169,8 @@ def import_builtin_tasks(name: str | None = None) -> None:
   import importlib
   for prefix, module in BUILTIN_TASK_MODULES.items():
     if name is None or name.startswith(prefix):
-      importlib.import_module(module)
+      with gin.unlock_config():  # task modules may register gin configurables after the config is parsed
+        importlib.import_module(module)
 
 
 def get_provider(name: str):
@@ -195,7 +197,8 @@ def import_task_modules(modules=()) -> None:
     if not module:
       continue
     try:
-      importlib.import_module(module)
+      with gin.unlock_config():  # task modules may register gin configurables after the config is parsed
+        importlib.import_module(module)
     except ModuleNotFoundError as e:
       if e.name and module.startswith(e.name):
         raise UserError(f"task module {module!r} not found") from e
