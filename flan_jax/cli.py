@@ -157,6 +157,15 @@ def _train(args):
   train.train()
 
 
+def _plan(args):
+  from flan_jax import gin_utils, plan
+  import flan_jax.train  # noqa: F401  (registers train's gin configurable before the files are parsed)
+  gin_utils.parse(args.gin_file, args.gin_bindings, args.gin_search_paths, finalize=False)
+  if not args.topology:
+    raise UserError("plan needs at least one --topology, e.g. --topology v5e-64")
+  plan.plan(args.topology, auto=args.mesh == "auto")
+
+
 def _tasks(args):
   from flan_jax.data import listing, registration
   registration.import_task_modules(args.module)
@@ -237,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
   _add_gin_flags(p)
   _add_process_flags(p)
   p.set_defaults(run=_train)
+
+  p = sub.add_parser("plan", help="compile the train step for Cloud TPU topologies: per-chip memory, FLOPs, fits")
+  _add_gin_flags(p)
+  p.add_argument("--topology", action="append", default=[], help="e.g. v4-64, v5e-64 (repeatable)")
+  p.add_argument("--mesh", choices=["gin", "auto"], default="gin",
+                 help="gin: the make_mesh bindings; auto: the first (data, model, remat, microbatches) that fits")
+  p.set_defaults(run=_plan)
 
   p = sub.add_parser("tasks", help="list registered tasks and mixtures, or show formatted examples")
   p.add_argument("action", choices=["list", "show"])

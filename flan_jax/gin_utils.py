@@ -47,8 +47,9 @@ def _find(path: str, search_paths: list[str]) -> str:
   raise UserError(f"gin file not found: {path} (searched ., {', '.join(search_paths)})")
 
 
-def parse(gin_files: list[str], bindings: list[str], search_paths: list[str] = ()) -> None:
-  """Parse files then bindings; any gin error becomes one line naming the file and line or the binding."""
+def parse(gin_files: list[str], bindings: list[str], search_paths: list[str] = (), finalize: bool = True) -> None:
+  """Parse files then bindings; any gin error becomes one line naming the file and line or the binding.
+  `finalize` checks that every %gin.REQUIRED value was given (jobs that do not run train leave it off)."""
   search_paths = [p for p in search_paths if p] + [REPO_GIN_DIR]
   gin.config._LOCATION_PREFIXES[:] = [""] + search_paths  # noqa: SLF001  (includes: the same paths, no duplicates)
   gin.clear_config()
@@ -64,7 +65,12 @@ def parse(gin_files: list[str], bindings: list[str], search_paths: list[str] = (
     except Exception as e:
       raise UserError(f"gin binding {binding!r}: {_one_line(e)}") from e
   _check_macros_used([b.split("=", 1)[0].strip() for b in bindings])
-  gin.finalize()
+  if not finalize:
+    return
+  try:
+    gin.finalize()
+  except ValueError as e:  # a %gin.REQUIRED value nobody set
+    raise UserError(f"gin: {_one_line(e)} (give it with --gin.NAME=VALUE)") from e
 
 
 def _check_macros_used(names: list[str]) -> None:

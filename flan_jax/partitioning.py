@@ -25,13 +25,14 @@ LOGICAL_AXIS_RULES = (
 
 
 @gin.configurable
-def make_mesh(data_parallel: int = -1, model_parallel: int = 1, minor_axis: str = "model") -> Mesh:
+def make_mesh(data_parallel: int = -1, model_parallel: int = 1, minor_axis: str = "model", devices=None) -> Mesh:
   """Mesh(('data', 'model')) over the first data x model devices; data_parallel=-1 takes all the rest.
 
   `minor_axis` is the axis along which consecutive devices (jax.devices(): by process, then local id) run:
   'model' keeps each model-parallel group on as few hosts as possible; 'data' spreads it across hosts.
+  `devices` (default: jax.devices()) may be a TPU topology's, for compiling without the hardware.
   """
-  devices = jax.devices()
+  devices = list(jax.devices() if devices is None else devices)
   if model_parallel < 1 or len(devices) % model_parallel:
     raise UserError(f"model_parallel={model_parallel} does not divide the {len(devices)} devices")
   if data_parallel == -1:

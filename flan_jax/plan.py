@@ -1,0 +1,229 @@
+"""`flan-jax plan`: does the run fit? Compiles the exact train step `flan-jax train` would run for named Cloud
+TPU topologies, on any machine (JAX compiles "deviceless" for a topology once libtpu is installed), and reads
+per-chip memory and FLOPs from the compiler instead of estimating them.
+"""
+
+import dataclasses
+import itertools
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from flan_jax import partitioning, trainer
+from flan_jax.errors import UserError
+
+GIB = 2**30
+
+# Chip generation -> (HBM per chip in GiB, peak bfloat16 TFLOP/s per chip), from Cloud TPU's documentation.
+CHIPS = {"v4": (32, 275), "v5e": (16, 197), "v5p": (95, 459), "v6e": (32, 918)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  name: str              # the Cloud TPU name, e.g. v5e-64
+  topology: str          # libtpu's topology, e.g. v5e:8x8
+  chip_config: str       # 'megacore' (v4, v5p: one device per chip) or 'default'
+  wrap: tuple
+
+  @property
+  def generation(self) -> str:
+    return self.name.split("-")[0]
+
+  @property
+  def hbm_gib(self) -> int:
+    return CHIPS[self.generation][0]
+
+  @property
+  def peak_tflops(self) -> int:
+    return CHIPS[self.generation][1]
+
+
+def _table() -> dict:
+  """MaxText's topology names for v4, v5e, v5p and v6e slices (4 chips a host)."""
+  shapes3d = {8: "2x2x1", 16: "2x2x2", 32: "2x2x4", 64: "2x4x4", 128: "4x4x4", 256: "4x4x8", 512: "4x8x8",
+              1024: "8x8x8", 2048: "8x8x16", 4096: "8x16x16"}
+  shapes2d = {4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+  table = {}
+  for generation, prefix in (("v4", "v4"), ("v5p", "v5")):
+    for cores, shape in shapes3d.items():
+      wrap = (True, True, True) if cores >= 128 else (False, False, False)
+      table[f"{generation}-{cores}"] = Topology(f"{generation}-{cores}", f"{prefix}:{shape}", "megacore", wrap)
+  for generation in ("v5e", "v6e"):
+    for chips, shape in shapes2d.items():
+      wrap = (True, True, False) if chips == 256 else (False, True, False) if chips == 128 else (False, False, False)
+      table[f"{generation}-{chips}"] = Topology(f"{generation}-{chips}", f"{generation}:{shape}", "default", wrap)
+  return table
+
+
+TOPOLOGIES = _table()
+
+
+def topology_devices(name: str):
+  """The devices of a named slice, for compiling only (no TPU needed, but libtpu's compiler is)."""
+  import importlib.util
+  if name not in TOPOLOGIES:
+    raise UserError(f"unknown topology {name!r}; known: {', '.join(TOPOLOGIES)}")
+  if importlib.util.find_spec("libtpu") is None:
+    raise UserError("flan-jax plan needs the TPU compiler (libtpu): .venv/bin/pip install -e '.[tpu]'")
+  from jax.experimental import topologies
+  t = TOPOLOGIES[name]
+  return topologies.get_topology_desc(platform="tpu", topology_name=t.topology, chip_config_name=t.chip_config,
+                                      chips_per_host_bounds=(2, 2, 1), num_slices=1, wrap=t.wrap).devices
+
+
+@dataclasses.dataclass
+class Plan:
+  topology: Topology
+  data: int
+  model: int
+  remat: bool
+  microbatches: int
+  chips: int = 0
+  hosts: int = 0
+  arguments: int = 0     # bytes per chip: parameters, optimizer state, the batch
+  temporaries: int = 0
+  total: int = 0
+  flops: float = 0.0     # per chip, one step
+  error: str | None = None
+
+  @property
+  def fits(self) -> bool:
+    return self.error is None and self.total <= self.topology.hbm_gib * GIB
+
+  def lines(self, batch_size: int) -> list[str]:
+    head = (f"{self.topology.name}: {self.chips} chips, {self.hosts} hosts x {self.chips // max(self.hosts, 1)}; "
+            f"mesh data={self.data} x model={self.model}, remat={self.remat}, microbatches={self.microbatches}; "
+            f"{batch_size // self.hosts if self.hosts else '?'} rows per host")
+    if self.error:
+      return [head, f"  does not fit: {self.error}"]
+    hbm = self.topology.hbm_gib * GIB
+    seconds = self.flops / (0.5 * self.topology.peak_tflops * 1e12)
+    return [head,
+            f"  per chip: arguments (params, optimizer state, batch) {self.arguments / GIB:.2f} GiB, temporaries "
+            f"{self.temporaries / GIB:.2f} GiB, total {self.total / GIB:.2f} GiB of {self.topology.hbm_gib} GiB HBM "
+            f"({self.total / hbm:.0%}): {'fits' if self.fits else 'DOES NOT FIT'}",
+            f"  step: {self.flops / 1e9:,.1f} GFLOPs per chip; {seconds:.4g} s/step at 50% MFU"]
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e)
+  for line in text.splitlines():
+    if "RESOURCE_EXHAUSTED" in line or "Ran out of memory" in line:
+      return line.strip()
+  return text.splitlines()[0] if text else type(e).__name__
+
+
+def compile_step(config, tx, devices, topology: Topology, data: int, model: int, batch_size: int, lengths: dict,
+                 microbatches: int = 1, z_loss: float = 1e-4, loss_normalizing_factor=None) -> Plan:
+  """Compile the train step for data x model of `devices`; memory and FLOPs per chip, or the compiler's error."""
+  chips = len(devices)
+  plan = Plan(topology, data, model, config.remat, microbatches, chips=chips,
+              hosts=len({d.process_index for d in devices}))
+  if data * model != chips:
+    plan.error = f"data x model = {data * model} is not the {chips} chips"
+    return plan
+  if batch_size % (data * microbatches):
+    plan.error = f"batch {batch_size} does not split into {microbatches} microbatches over {data} data shards"
+    return plan
+  mesh = partitioning.make_mesh(data, model, devices=devices)
+  try:
+    shardings = trainer.Shardings(config, tx, mesh)
+  except UserError as e:
+    plan.error = str(e)
+    return plan
+  step = trainer.jit_train_step(
+      trainer.make_train_step(config, tx, z_loss, loss_normalizing_factor, microbatches), shardings)
+  with_sharding = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+  replicated = NamedSharding(mesh, P())
+  state = trainer.TrainState(
+      step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
+      params=jax.tree.map(with_sharding, shardings.abstract_params, shardings.params),
+      opt_state=jax.tree.map(with_sharding, shardings.abstract_opt_state, shardings.opt_state))
+  batch = {}
+  for prefix, length in (("encoder", lengths["inputs"]), ("decoder", lengths["targets"])):
+    names = ["input_tokens", "segment_ids", "positions"] + (["target_tokens", "loss_weights"] if prefix == "decoder"
+                                                             else [])
+    for name in names:
+      batch[f"{prefix}_{name}"] = jax.ShapeDtypeStruct((batch_size, length), jnp.int32, sharding=shardings.batch)
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated)
+  try:
+    with jax.set_mesh(mesh), partitioning.axis_rules():
+      compiled = step.lower(state, batch, key).compile()
+  except Exception as e:  # noqa: BLE001  (XLA's out-of-memory and other compile errors are the answer)
+    plan.error = _first_line(e)
+    return plan
+  memory = compiled.memory_analysis()
+  plan.arguments = memory.argument_size_in_bytes
+  plan.temporaries = memory.temp_size_in_bytes
+  plan.total = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+                + memory.temp_size_in_bytes + memory.generated_code_size_in_bytes)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  plan.flops = float(cost.get("flops", 0.0))
+  return plan
+
+
+def _settings() -> dict:
+  """train()'s settings as gin binds them (the defaults of train() otherwise)."""
+  defaults = {"batch_size": 64, "task_feature_lengths": {"inputs": 2048, "targets": 512}, "num_microbatches": 1,
+              "z_loss": 1e-4, "loss_normalizing_factor": None, "initial_checkpoint_path": None}
+  return {**defaults, **{k: v for k, v in gin.get_bindings("train").items() if k in defaults}}
+
+
+def model_config():
+  """The model train would build: the gin T5Config, or INITIAL_CHECKPOINT_PATH's with gin's runtime fields."""
+  from flan_jax import checkpoints, train
+  path = _settings()["initial_checkpoint_path"]
+  return train.resolve_model_config(checkpoints.model_config(checkpoints.read_meta(path)[2]) if path else None)
+
+
+def candidates(chips: int, batch_size: int):
+  """(model ways, remat, microbatches) in the order auto tries them: fewest model ways, no remat, fewest
+  microbatches first."""
+  ways = [m for m in range(1, chips + 1) if chips % m == 0]
+  for model, remat, micro in itertools.product(ways, (False, True), (1, 2, 4, 8)):
+    data = chips // model
+    if batch_size % (data * micro) == 0:
+      yield model, remat, micro
+
+
+def plan(topology_names: list[str], auto: bool = False, log_fn=print) -> list[Plan]:
+  """For each topology: the gin mesh (or with `auto`, the first setting that fits within 75% of HBM)."""
+  from flan_jax.optim import adafactor
+  settings = _settings()
+  config, tx = model_config(), adafactor()
+  results = []
+  for name in topology_names:
+    topology = TOPOLOGIES.get(name)
+    devices = topology_devices(name)
+    compile_for = lambda data, model, cfg, micro: compile_step(
+        cfg, tx, devices, topology, data, model, settings["batch_size"], settings["task_feature_lengths"], micro,
+        settings["z_loss"], settings["loss_normalizing_factor"])
+    if not auto:
+      data, model = _gin_mesh(len(devices))
+      result = compile_for(data, model, config, settings["num_microbatches"])
+    else:
+      result = None
+      for model, remat, micro in candidates(len(devices), settings["batch_size"]):
+        tried = compile_for(len(devices) // model, model, dataclasses.replace(config, remat=remat), micro)
+        log_fn(f"  tried data={tried.data} x model={model}, remat={remat}, microbatches={micro}: " +
+               (f"{tried.total / GIB:.2f} GiB" if tried.error is None else "does not fit"))
+        if tried.error is None and tried.total <= 0.75 * topology.hbm_gib * GIB:
+          result = tried
+          break
+        result = result or tried
+    for line in result.lines(settings["batch_size"]):
+      log_fn(line)
+    results.append(result)
+  return results
+
+
+def _gin_mesh(chips: int) -> tuple[int, int]:
+  bindings = gin.get_bindings("make_mesh")
+  model = bindings.get("model_parallel", 1)
+  data = bindings.get("data_parallel", -1)
+  return (chips // model if data == -1 else data), model

@@ -1,0 +1,77 @@
+"""`flan-jax plan`: the real train step compiled for Cloud TPU topologies on this CPU machine (libtpu's compiler,
+no TPU), with per-chip memory checked against the sizes of what the step holds."""
+
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from flan_jax import partitioning, plan, trainer
+from flan_jax.errors import UserError
+from flan_jax.models import T5Config
+from flan_jax.optim import adafactor
+
+# Dimensions that are multiples of 128, so TPU tile padding adds next to nothing to the per-chip sizes.
+TINY = T5Config(vocab_size=1024, d_model=256, d_ff=512, num_heads=4, d_kv=64, num_encoder_layers=2,
+                num_decoder_layers=2)
+LENGTHS = {"inputs": 128, "targets": 128}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _bytes(tree, specs, mesh_shape):
+  return partitioning.per_device_bytes(tree, specs, mesh_shape)
+
+
+@pytest.mark.parametrize("name, data, model", [("v4-8", 4, 1), ("v5e-16", 4, 4)])
+def test_compiled_arguments_are_the_sharded_state_and_batch(name, data, model):
+  tx = adafactor()
+  devices = plan.topology_devices(name)
+  result = plan.compile_step(TINY, tx, devices, plan.TOPOLOGIES[name], data, model, batch_size=32, lengths=LENGTHS)
+  assert result.error is None and result.fits
+  assert result.chips == len(devices) == data * model
+  # What one chip holds of the inputs: its shard of parameters and Adafactor state, its rows of the 8 batch
+  # features, the step counter and the dropout key.
+  mesh = partitioning.make_mesh(data, model, devices=devices)
+  shardings = trainer.Shardings(TINY, tx, mesh)
+  specs = lambda tree: jax.tree.map(lambda s: s.spec, tree)
+  expected = (_bytes(shardings.abstract_params, specs(shardings.params), dict(mesh.shape))
+              + _bytes(shardings.abstract_opt_state, specs(shardings.opt_state), dict(mesh.shape))
+              + 4 * (32 // data) * (3 * LENGTHS["inputs"] + 5 * LENGTHS["targets"]) + 4 + 8)
+  assert abs(result.arguments - expected) <= 0.01 * expected + 1024, (result.arguments, expected)
+  assert result.temporaries > 0 and result.flops > 0
+
+
+def test_an_oversized_step_is_reported_as_not_fitting():
+  devices = plan.topology_devices("v5e-16")
+  result = plan.compile_step(TINY, adafactor(), devices, plan.TOPOLOGIES["v5e-16"], 16, 1, batch_size=16 * 4096,
+                             lengths={"inputs": 2048, "targets": 512})
+  assert not result.fits
+  assert result.error and ("RESOURCE_EXHAUSTED" in result.error or "memory" in result.error.lower()), result.error
+
+
+def test_unknown_topology_and_missing_compiler(monkeypatch):
+  with pytest.raises(UserError, match="unknown topology 'v9-8'"):
+    plan.topology_devices("v9-8")
+  import importlib.util
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+  with pytest.raises(UserError, match=r"needs the TPU compiler \(libtpu\): .venv/bin/pip install -e '.\[tpu\]'"):
+    plan.topology_devices("v4-8")
+
+
+def test_plan_cli_on_v4_8_and_v5e_16():
+  out = subprocess.run(
+      [sys.executable, "-m", "flan_jax", "plan", "--gin_file=runs/finetune.gin", "--gin_file=models/tiny.gin",
+       "--gin.T5Config.vocab_size=384", "--gin.TASK_FEATURE_LENGTHS={'inputs': 128, 'targets': 32}",
+       "--gin.BATCH_SIZE=16", "--topology", "v4-8", "--topology", "v5e-16", "--mesh", "auto"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = out.stdout.splitlines()
+  assert "v4-8: 4 chips, 1 hosts x 4; mesh data=4 x model=1, remat=False, microbatches=1; 16 rows per host" in lines
+  assert "v5e-16: 16 chips, 4 hosts x 4; mesh data=16 x model=1, remat=False, microbatches=1; 4 rows per host" in lines
+  fits = [line for line in lines if "GiB HBM" in line]
+  assert len(fits) == 2 and all(line.endswith(": fits") for line in fits)
+  assert re.search(r"of 16 GiB HBM", fits[1]) and re.search(r"of 32 GiB HBM", fits[0])
