@@ -76,31 +76,49 @@ def check_divisible(abstract_params, specs, mesh_shape: dict) -> None:
                         f"choose a model_parallel that divides heads, d_ff and the vocabulary")
 
 
+def factored_dims(shape) -> tuple[int, int]:
+  """(d1, d0): the second-largest and largest axes, as optax's factored Adafactor picks them (a stable argsort,
+  so a square kernel gives (0, 1)). Its v_row drops d0, its v_col drops d1."""
+  order = np.argsort(shape, kind="stable")
+  return int(order[-2]), int(order[-1])
+
+
 def opt_state_specs(abstract_opt_state, abstract_params, specs):
   """Optimizer-state PartitionSpecs derived from the parameters'.
 
-  Optimizer states hold trees shaped like the parameters (Adafactor: full moments, or factored row/column
-  statistics whose shape drops one dimension). A full-shape leaf is sharded like its parameter, a factored
-  one like it minus the dropped axis; everything else (step counts, placeholders) is replicated.
+  A leaf under a parameter's path that has the parameter's shape (full moments) is sharded like it; Adafactor's
+  factored statistics are sharded like the parameter minus the axis optax factored away (read from the state's
+  field, v_row or v_col, not guessed from shapes: for a square kernel both axes would match); everything else
+  (step counts, placeholders) is replicated.
   """
-  param_def = jax.tree.structure(abstract_params)
+  param_leaves = {tuple(_key(k) for k in path): (leaf, spec) for (path, leaf), spec in zip(
+      jax.tree_util.tree_flatten_with_path(abstract_params)[0],
+      jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P)))}
 
-  def leaf_spec(leaf, param, spec):
-    shape, pshape = tuple(leaf.shape), tuple(param.shape)
+  def leaf_spec(path, leaf):
+    names = [_key(k) for k in path]
+    fields = [i for i, k in enumerate(path) if isinstance(k, jax.tree_util.GetAttrKey)]
+    field = names[fields[-1]] if fields else None
+    param = tuple(names[fields[-1] + 1:]) if fields else tuple(names)
+    if param not in param_leaves:
+      return P()
+    pleaf, spec = param_leaves[param]
+    shape, pshape = tuple(leaf.shape), tuple(pleaf.shape)
     full = tuple(spec) + (None,) * (len(pshape) - len(spec))
     if shape == pshape:
       return P(*full)
-    for drop in range(len(pshape)):
-      if len(shape) + 1 == len(pshape) and pshape[:drop] + pshape[drop + 1:] == shape:
+    if field in ("v_row", "v_col") and len(pshape) >= 2:
+      d1, d0 = factored_dims(pshape)
+      drop = d0 if field == "v_row" else d1
+      if pshape[:drop] + pshape[drop + 1:] == shape:
         return P(*(full[:drop] + full[drop + 1:]))
     return P()
 
-  def spec_tree(node):
-    if jax.tree.structure(node) == param_def:
-      return jax.tree.map(leaf_spec, node, abstract_params, specs, is_leaf=lambda x: isinstance(x, P))
-    return jax.tree.map(lambda _: P(), node)
+  return jax.tree_util.tree_map_with_path(leaf_spec, abstract_opt_state)
 
-  return jax.tree.map(spec_tree, abstract_opt_state, is_leaf=lambda n: jax.tree.structure(n) == param_def)
+
+def _key(k):
+  return getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))
 
 
 def opt_state_shardings(abstract_opt_state, abstract_params, params_shardings, mesh: Mesh):

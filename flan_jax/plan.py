@@ -5,6 +5,7 @@ per-chip memory and FLOPs from the compiler instead of estimating them.
 
 import dataclasses
 import itertools
+import re
 
 import gin
 import jax
@@ -87,6 +88,7 @@ class Plan:
   temporaries: int = 0
   total: int = 0
   flops: float = 0.0     # per chip, one step
+  collectives: dict = dataclasses.field(default_factory=dict)  # kind -> (count, bytes) in the step's program
   error: str | None = None
 
   @property
@@ -105,7 +107,9 @@ class Plan:
             f"  per chip: arguments (params, optimizer state, batch) {self.arguments / GIB:.2f} GiB, temporaries "
             f"{self.temporaries / GIB:.2f} GiB, total {self.total / GIB:.2f} GiB of {self.topology.hbm_gib} GiB HBM "
             f"({self.total / hbm:.0%}): {'fits' if self.fits else 'DOES NOT FIT'}",
-            f"  step: {self.flops / 1e9:,.1f} GFLOPs per chip; {seconds:.4g} s/step at 50% MFU"]
+            f"  step: {self.flops / 1e9:,.1f} GFLOPs per chip; {seconds:.4g} s/step at 50% MFU",
+            "  collectives per step: " + (", ".join(f"{kind} {n} ({size / 2**20:,.1f} MiB)" for kind, (n, size)
+                                                    in sorted(self.collectives.items())) or "none")]
 
 
 def _first_line(e: Exception) -> str:
@@ -161,10 +165,33 @@ def compile_step(config, tx, devices, topology: Topology, data: int, model: int,
   plan.temporaries = memory.temp_size_in_bytes
   plan.total = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
                 + memory.temp_size_in_bytes + memory.generated_code_size_in_bytes)
+  plan.collectives = collectives(compiled.as_text())
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   plan.flops = float(cost.get("flops", 0.0))
   return plan
+
+
+COLLECTIVE = re.compile(r"^\s*(?:ROOT\s+)?\S+\s*=\s*(.*?)\s(all-reduce|all-gather|reduce-scatter|all-to-all|"
+                        r"collective-permute)(?:-start)?\(")
+ARRAY = re.compile(r"(pred|[suf]\d+|bf16)\[([\d,]*)\]")
+ITEM_BYTES = {"pred": 1, "bf16": 2}
+
+
+def collectives(hlo: str) -> dict:
+  """kind -> (count, bytes of their results) over the compiled program's collective ops."""
+  out = {}
+  for line in hlo.splitlines():
+    match = COLLECTIVE.search(line)
+    if not match:
+      continue
+    size = 0
+    for dtype, dims in ARRAY.findall(match.group(1)):
+      itemsize = ITEM_BYTES.get(dtype, int(dtype[1:]) // 8 if dtype[1:].isdigit() else 4)
+      size += itemsize * int(np.prod([int(d) for d in dims.split(",") if d] or [1]))
+    count, total = out.get(match.group(2), (0, 0))
+    out[match.group(2)] = (count + 1, total + size)
+  return out
 
 
 def _settings() -> dict:

@@ -43,6 +43,10 @@ def test_compiled_arguments_are_the_sharded_state_and_batch(name, data, model):
               + 4 * (32 // data) * (3 * LENGTHS["inputs"] + 5 * LENGTHS["targets"]) + 4 + 8)
   assert abs(result.arguments - expected) <= 0.01 * expected + 1024, (result.arguments, expected)
   assert result.temporaries > 0 and result.flops > 0
+  if model == 1:  # pure data parallelism: one gradient all-reduce of the parameters' size, nothing else
+    param_bytes = 4 * sum(x.size for x in jax.tree.leaves(shardings.abstract_params))
+    assert set(result.collectives) == {"all-reduce"}, result.collectives
+    assert param_bytes <= result.collectives["all-reduce"][1] <= 1.1 * param_bytes
 
 
 def test_an_oversized_step_is_reported_as_not_fitting():
@@ -75,3 +79,26 @@ def test_plan_cli_on_v4_8_and_v5e_16():
   fits = [line for line in lines if "GiB HBM" in line]
   assert len(fits) == 2 and all(line.endswith(": fits") for line in fits)
   assert re.search(r"of 16 GiB HBM", fits[1]) and re.search(r"of 32 GiB HBM", fits[0])
+
+
+def test_factored_adafactor_statistics_are_sharded_like_their_axis():
+  """Square kernels (q/k/v/o from base to xxl) factor axes (0, 1) in optax: v_row keeps axis 0, v_col axis 1;
+  each statistic is sharded like the parameter axis it keeps."""
+  config = T5Config(vocab_size=1024, d_model=256, d_ff=512, num_heads=4, d_kv=64, num_encoder_layers=1,
+                    num_decoder_layers=1)
+  tx = adafactor()
+  mesh = partitioning.make_mesh(1, 1)
+  shardings = trainer.Shardings(config, tx, mesh)
+  state = shardings.abstract_opt_state
+  factored = [s for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "v_row")) if hasattr(s, "v_row")][0]
+  query = ("encoder", "layers_0", "attention", "query", "kernel")   # (256, 256): embed x joined_kv
+  mlp_out = ("encoder", "layers_0", "mlp", "wo", "kernel")          # (512, 256): mlp x embed
+  get = lambda tree, path: tree if not path else get(tree[path[0]], path[1:])
+  specs = jax.tree.map(lambda s: s.spec, shardings.opt_state)
+  fspecs = [s for s in jax.tree.leaves(specs, is_leaf=lambda x: hasattr(x, "v_row")) if hasattr(s, "v_row")][0]
+  assert get(factored.v_row, query).shape == (256,) and get(factored.v_col, query).shape == (256,)
+  assert get(fspecs.v_row, query) == jax.sharding.PartitionSpec(None)       # keeps axis 0: embed
+  assert get(fspecs.v_col, query) == jax.sharding.PartitionSpec("model")    # keeps axis 1: joined_kv
+  # (512, 256): the largest axis (0, mlp) is d0, so v_row keeps embed and v_col keeps mlp
+  assert get(fspecs.v_row, mlp_out) == jax.sharding.PartitionSpec(None)
+  assert get(fspecs.v_col, mlp_out) == jax.sharding.PartitionSpec("model")
