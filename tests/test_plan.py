@@ -102,3 +102,38 @@ def test_factored_adafactor_statistics_are_sharded_like_their_axis():
   # (512, 256): the largest axis (0, mlp) is d0, so v_row keeps embed and v_col keeps mlp
   assert get(fspecs.v_row, mlp_out) == jax.sharding.PartitionSpec(None)
   assert get(fspecs.v_col, mlp_out) == jax.sharding.PartitionSpec("model")
+
+
+def _loss_and_grads(config, params, batch):
+  from flan_jax.trainer import batch_metrics
+  loss, grads = jax.value_and_grad(lambda p: batch_metrics(config, p, batch, 1e-4)[0])(params)
+  return float(loss), grads
+
+
+def test_bfloat16_and_remat_match_float32_and_compile_for_tpu():
+  """bf16 activations: loss within 1% and gradients within 5% (relative, global norm of the difference) of
+  float32, parameters and gradients stay float32; remat: the same loss and gradients within 1e-6."""
+  import dataclasses
+  import flax.linen as nn
+  from flan_jax.models.t5 import init_variables
+  config = T5Config(vocab_size=384, d_model=64, d_ff=128, num_heads=4, d_kv=16, num_encoder_layers=2,
+                    num_decoder_layers=2)
+  params = nn.unbox(init_variables(config, jax.random.key(0)))["params"]
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(3, 300, (4, 24)).astype(np.int32)
+  batch = {"encoder_input_tokens": tokens, "decoder_target_tokens": tokens[:, :12],
+           "decoder_input_tokens": np.pad(tokens[:, :11], ((0, 0), (1, 0))),
+           "decoder_loss_weights": np.ones((4, 12), np.int32)}
+  norm = lambda tree: float(np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree))))
+  diff = lambda a, b: norm(jax.tree.map(lambda x, y: np.asarray(x, np.float64) - np.asarray(y, np.float64), a, b))
+  loss32, grads32 = _loss_and_grads(config, params, batch)
+  loss16, grads16 = _loss_and_grads(dataclasses.replace(config, dtype="bfloat16"), params, batch)
+  assert abs(loss16 - loss32) <= 0.01 * abs(loss32)
+  assert diff(grads16, grads32) <= 0.05 * norm(grads32)
+  assert all(g.dtype == np.float32 for g in jax.tree.leaves(grads16))
+  loss_remat, grads_remat = _loss_and_grads(dataclasses.replace(config, remat=True), params, batch)
+  assert abs(loss_remat - loss32) <= 1e-6 * abs(loss32) and diff(grads_remat, grads32) <= 1e-6 * norm(grads32)
+  tpu = dataclasses.replace(TINY, dtype="bfloat16", remat=True)
+  result = plan.compile_step(tpu, adafactor(), plan.topology_devices("v4-8"), plan.TOPOLOGIES["v4-8"], 4, 1,
+                             batch_size=32, lengths=LENGTHS)
+  assert result.error is None and result.fits
