@@ -28,6 +28,7 @@ class Topology:
   topology: str          # libtpu's topology, e.g. v5e:8x8
   chip_config: str       # 'megacore' (v4, v5p: one device per chip) or 'default'
   wrap: tuple
+  host_bounds: tuple = (2, 2, 1)  # chips per host: 4, or 8 on a single-host v5e-8 / v6e-8
 
   @property
   def generation(self) -> str:
@@ -55,7 +56,8 @@ def _table() -> dict:
   for generation in ("v5e", "v6e"):
     for chips, shape in shapes2d.items():
       wrap = (True, True, False) if chips == 256 else (False, True, False) if chips == 128 else (False, False, False)
-      table[f"{generation}-{chips}"] = Topology(f"{generation}-{chips}", f"{generation}:{shape}", "default", wrap)
+      table[f"{generation}-{chips}"] = Topology(f"{generation}-{chips}", f"{generation}:{shape}", "default", wrap,
+                                                (2, 4, 1) if chips == 8 else (2, 2, 1))
   return table
 
 
@@ -72,7 +74,7 @@ def topology_devices(name: str):
   from jax.experimental import topologies
   t = TOPOLOGIES[name]
   return topologies.get_topology_desc(platform="tpu", topology_name=t.topology, chip_config_name=t.chip_config,
-                                      chips_per_host_bounds=(2, 2, 1), num_slices=1, wrap=t.wrap).devices
+                                      chips_per_host_bounds=t.host_bounds, num_slices=1, wrap=t.wrap).devices
 
 
 @dataclasses.dataclass
