@@ -1,19 +1,25 @@
-# `make demo` and `make test` set up .venv on first use (about 2 minutes), then run.
+# `make demo` and `make test` set up .venv on first use, then run. The demo needs only the package; the tests also
+# need transformers + torch (the reference) and libtpu (the TPU compiler behind `flan-jax plan`).
 PYTHON ?= python3
 VENV := .venv
-STAMP := $(VENV)/.installed-stamp
+SETUP := $(VENV)/.installed-stamp
+TEST_SETUP := $(VENV)/.installed-test-stamp
 
 .PHONY: setup demo test
 
-$(STAMP): setup.cfg pyproject.toml
+$(SETUP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -e .
+	touch $(SETUP)
+
+$(TEST_SETUP): $(SETUP)
 	$(VENV)/bin/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $(TEST_SETUP)
 
-setup: $(STAMP)
+setup: $(SETUP)
 
-demo: setup
+demo: $(SETUP)
 	$(VENV)/bin/flan-jax train --gin_file=runs/demo.gin
 
-test: setup
+test: $(TEST_SETUP)
 	$(VENV)/bin/python -m pytest -q -rs tests
