@@ -162,6 +162,11 @@ def compile_step(config, tx, devices, topology: Topology, data: int, model: int,
   except Exception as e:  # noqa: BLE001  (XLA's out-of-memory and other compile errors are the answer)
     plan.error = _first_line(e)
     return plan
+  return _read(compiled, plan)
+
+
+def _read(compiled, plan: "Plan") -> "Plan":
+  """Per-chip memory, FLOPs and collectives of a compiled step."""
   memory = compiled.memory_analysis()
   plan.arguments = memory.argument_size_in_bytes
   plan.temporaries = memory.temp_size_in_bytes
@@ -172,6 +177,32 @@ def compile_step(config, tx, devices, topology: Topology, data: int, model: int,
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   plan.flops = float(cost.get("flops", 0.0))
   return plan
+
+
+def compile_decode(config, devices, topology: Topology, data: int, model: int, batch_size: int,
+                   lengths: dict) -> Plan:
+  """Compile greedy decoding as infer/eval run it on this mesh: parameters sharded by the training rules (no
+  optimizer state), `batch_size` inputs of lengths['inputs'] tokens, up to lengths['targets'] new tokens."""
+  from flan_jax import decoding
+  plan = Plan(topology, data, model, False, 1, chips=len(devices), hosts=len({d.process_index for d in devices}))
+  mesh = partitioning.make_mesh(data, model, devices=devices)
+  try:
+    params = partitioning.restore_target(config, mesh)
+  except UserError as e:
+    plan.error = str(e)
+    return plan
+  replicated = NamedSharding(mesh, P())
+  tokens = jax.ShapeDtypeStruct((batch_size, lengths["inputs"]), jnp.int32,
+                                sharding=partitioning.batch_sharding(mesh))
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
+  try:
+    with jax.set_mesh(mesh), partitioning.axis_rules():
+      compiled = decoding.sample.lower(params, tokens, key, config=config,
+                                       max_length=lengths["targets"]).compile()
+  except Exception as e:  # noqa: BLE001
+    plan.error = _first_line(e)
+    return plan
+  return _read(compiled, plan)
 
 
 COLLECTIVE = re.compile(r"^\s*(?:ROOT\s+)?\S+\s*=\s*(.*?)\s(all-reduce|all-gather|reduce-scatter|all-to-all|"
@@ -199,7 +230,8 @@ def collectives(hlo: str) -> dict:
 def _settings() -> dict:
   """train()'s settings as gin binds them (the defaults of train() otherwise)."""
   defaults = {"batch_size": 64, "task_feature_lengths": {"inputs": 2048, "targets": 512}, "num_microbatches": 1,
-              "z_loss": 1e-4, "loss_normalizing_factor": None, "initial_checkpoint_path": None}
+              "z_loss": 1e-4, "loss_normalizing_factor": None, "initial_checkpoint_path": None,
+              "eval_batch_size": 32}
   return {**defaults, **{k: v for k, v in gin.get_bindings("train").items() if k in defaults}}
 
 
@@ -248,6 +280,14 @@ def plan(topology_names: list[str], auto: bool = False, log_fn=print) -> list[Pl
     for line in result.lines(settings["batch_size"]):
       log_fn(line)
     results.append(result)
+    decode_batch = -(-settings["eval_batch_size"] // result.data) * result.data
+    decode = compile_decode(config, devices, topology, result.data, result.model, decode_batch,
+                            settings["task_feature_lengths"])
+    log_fn(f"  decode (infer/eval, greedy, batch {decode_batch}, {settings['task_feature_lengths']['inputs']} in, "
+           f"up to {settings['task_feature_lengths']['targets']} new): " +
+           (f"{decode.total / GIB:.2f} GiB per chip ({decode.total / (topology.hbm_gib * GIB):.0%}), "
+            f"{decode.flops / 1e9:,.1f} GFLOPs per chip for the whole decode" if decode.error is None
+            else f"does not fit: {decode.error}"))
   return results
 
 

@@ -49,6 +49,17 @@ def test_compiled_arguments_are_the_sharded_state_and_batch(name, data, model):
     assert param_bytes <= result.collectives["all-reduce"][1] <= 1.1 * param_bytes
 
 
+def test_decode_step_holds_only_the_sharded_parameters_and_inputs():
+  devices = plan.topology_devices("v5e-16")
+  result = plan.compile_decode(TINY, devices, plan.TOPOLOGIES["v5e-16"], 4, 4, batch_size=32, lengths=LENGTHS)
+  assert result.error is None and result.fits and result.flops > 0
+  mesh = partitioning.make_mesh(4, 4, devices=devices)
+  target = partitioning.restore_target(TINY, mesh)
+  specs = jax.tree.map(lambda a: a.sharding.spec, target)
+  expected = _bytes(target, specs, dict(mesh.shape)) + 4 * (32 // 4) * LENGTHS["inputs"] + 8
+  assert abs(result.arguments - expected) <= 0.01 * expected + 1024, (result.arguments, expected)
+
+
 def test_an_oversized_step_is_reported_as_not_fitting():
   devices = plan.topology_devices("v5e-16")
   result = plan.compile_step(TINY, adafactor(), devices, plan.TOPOLOGIES["v5e-16"], 16, 1, batch_size=16 * 4096,
@@ -79,6 +90,8 @@ def test_plan_cli_on_v4_8_and_v5e_16():
   fits = [line for line in lines if "GiB HBM" in line]
   assert len(fits) == 2 and all(line.endswith(": fits") for line in fits)
   assert re.search(r"of 16 GiB HBM", fits[1]) and re.search(r"of 32 GiB HBM", fits[0])
+  decode = [line for line in lines if line.startswith("  decode (infer/eval, greedy, batch 32, 128 in, up to 32 new): ")]
+  assert len(decode) == 2 and all("GiB per chip" in line for line in decode)
 
 
 def test_factored_adafactor_statistics_are_sharded_like_their_axis():
