@@ -94,6 +94,8 @@ def _infer(args):
 def _eval(args):
   import json
 
+  import jax
+
   from flan_jax import evaluation, inference
   from flan_jax.data import registration
   registration.import_task_modules(args.module)
@@ -101,8 +103,7 @@ def _eval(args):
   model = inference.load(args.checkpoint, _mesh(args))
   results = evaluation.evaluate(model, args.tasks, _settings(args), args.split, args.max_examples,
                                 log_fn=_stderr)
-  import jax
-  if jax.process_index():
+  if jax.process_index():  # every process evaluated everything; process 0 reports
     return
   print(evaluation.table(results))
   if args.output:
