@@ -48,7 +48,7 @@ class Progress:
                unit: str = "steps"):
     self.start, self.total, self.period, self.log_fn = start, total, period, log_fn
     self.label, self.unit = label, unit
-    self.started = self.window_start = time.time()
+    self.window_start = time.time()
     self.window_done, self.window_tokens, self.sums = start, 0, {}
     self.window_updates = 0
     self.last_metrics = {}
