@@ -71,7 +71,7 @@ def check_divisible(abstract_params, specs, mesh_shape: dict) -> None:
     for dim, axes in zip(leaf.shape, spec):
       ways = int(np.prod([mesh_shape[a] for a in (axes if isinstance(axes, tuple) else (axes,)) if a]))
       if dim % ways:
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        name = "/".join(str(_key(k)) for k in path)
         raise UserError(f"{name} has a dimension of {dim}, which the mesh's {spec} cannot split {ways} ways: "
                         f"choose a model_parallel that divides heads, d_ff and the vocabulary")
 

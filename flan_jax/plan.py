@@ -142,12 +142,9 @@ def compile_step(config, tx, devices, topology: Topology, data: int, model: int,
     return plan
   step = trainer.jit_train_step(
       trainer.make_train_step(config, tx, z_loss, loss_normalizing_factor, microbatches), shardings)
-  with_sharding = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
-  replicated = NamedSharding(mesh, P())
-  state = trainer.TrainState(
-      step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
-      params=jax.tree.map(with_sharding, shardings.abstract_params, shardings.params),
-      opt_state=jax.tree.map(with_sharding, shardings.abstract_opt_state, shardings.opt_state))
+  params, opt_state = shardings.restore_targets()  # abstract, carrying their shardings
+  state = trainer.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=shardings.replicated),
+                             params=params, opt_state=opt_state)
   batch = {}
   for prefix, length in (("encoder", lengths["inputs"]), ("decoder", lengths["targets"])):
     names = ["input_tokens", "segment_ids", "positions"] + (["target_tokens", "loss_weights"] if prefix == "decoder"
@@ -155,7 +152,7 @@ def compile_step(config, tx, devices, topology: Topology, data: int, model: int,
     for name in names:
       batch[f"{prefix}_{name}"] = jax.ShapeDtypeStruct((batch_size, length), jnp.int32, sharding=shardings.batch)
   key = jax.eval_shape(lambda: jax.random.key(0))
-  key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated)
+  key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=shardings.replicated)
   try:
     with jax.set_mesh(mesh), partitioning.axis_rules():
       compiled = step.lower(state, batch, key).compile()
