@@ -137,7 +137,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
 
   mesh = partitioning.make_mesh()
   layout = partitioning.data_layout(mesh, batch_size)
-  if num_microbatches < 1 or batch_size % (num_microbatches * mesh.shape["data"]):
+  if batch_size % (num_microbatches * mesh.shape["data"]):
     raise UserError(f"BATCH_SIZE={batch_size} must split into {num_microbatches} microbatches of a multiple of "
                     f"the data-parallel size {mesh.shape['data']}")
   tx = adafactor()
