@@ -291,6 +291,8 @@ def run(argv=None) -> NoReturn:
     code = main(argv)
   except KeyboardInterrupt:
     code = 130
+  except SystemExit as exit_:  # argparse: --help (0) or a usage error (2)
+    code = exit_.code if isinstance(exit_.code, int) else 1
   except BaseException:  # noqa: BLE001  (any crash: show it, then exit)
     traceback.print_exc()
     code = 1
