@@ -56,8 +56,11 @@ def manager(directory: str, max_to_keep: int | None = None, best_metric: str | N
       max_to_keep=max_to_keep, create=create, enable_async_checkpointing=async_save,
       best_fn=(lambda metrics: metrics[best_metric]) if best_metric else None,
       best_mode=best_mode, keep_checkpoints_without_metrics=True)
-  return ocp.CheckpointManager(_abs(directory), options=options,
-                               item_names=ITEMS)
+  # One tensorstore array per parameter instead of OCDBT's merged store: half the CPU time per save (0.5 vs
+  # 1.2 s for 77M float32 parameters here), which a 2-core host pays while the step runs; restore reads both.
+  arrays = lambda: ocp.StandardCheckpointHandler(use_ocdbt=False)
+  return ocp.CheckpointManager(_abs(directory), options=options, item_handlers={
+      PARAMS: arrays(), OPT_STATE: arrays(), META: ocp.JsonCheckpointHandler(), DATA: DataIteratorHandler()})
 
 
 def save(mngr: ocp.CheckpointManager, step: int, params, meta: dict, opt_state=None, metrics=None,

@@ -138,22 +138,26 @@ def _get(tree, path):
   return tree
 
 
-@pytest.mark.parametrize("bias_shape,dropout", [((2, 3, 5, 7), False), ((2, 1, 5, 7), True), ((1, 3, 5, 7), True)])
-def test_attention_custom_gradient_equals_autodiff(bias_shape, dropout):
-  """The hand-written attention gradient against JAX's autodiff of the same formula, with broadcast biases
-  (padding masks [b,1,q,k], position biases [1,h,q,k]) and a dropout mask."""
-  from flan_jax.models.t5 import attend
-  keys = jax.random.split(jax.random.key(0), 6)
+@pytest.mark.parametrize("bias_shape,keep_shape", [((1, 3, 5, 7), None), ((1, 3, 5, 7), (2, 3, 1, 7)),
+                                                  ((), (2, 3, 1, 7)), ((1, 3, 5, 7), (2, 3, 5, 7))])
+def test_attention_custom_gradient_equals_autodiff(bias_shape, keep_shape):
+  """The hand-written attention gradient against JAX's autodiff of the same formula: a padding mask
+  [b,1,q,k] (no gradient), a position bias [1,h,q,k] or none (its gradient summed to its shape), and a
+  dropout mask broadcast along the queries (t5x) or not."""
+  from flan_jax.models.t5 import NEG_INF, attend
+  keys = jax.random.split(jax.random.key(0), 7)
   q, v = jax.random.normal(keys[0], (2, 3, 5, 4)), jax.random.normal(keys[2], (2, 3, 7, 4))
   k = jax.random.normal(keys[1], (2, 3, 7, 4))
+  mask = jnp.where(jax.random.bernoulli(keys[6], 0.7, (2, 1, 5, 7)).at[..., 0].set(True), 0.0, NEG_INF)
   bias = jax.random.normal(keys[3], bias_shape)
-  keep = (jax.random.bernoulli(keys[4], 0.8, (2, 3, 5, 7)) / 0.8) if dropout else jnp.ones(())
+  keep = (jax.random.bernoulli(keys[4], 0.8, keep_shape) / 0.8) if keep_shape else jnp.ones(())
   cotangent = jax.random.normal(keys[5], (2, 3, 5, 4))
   reference = lambda q, k, v, b: jnp.einsum(
-      "bhqk,bhkd->bhqd", jax.nn.softmax(jnp.einsum("bhqd,bhkd->bhqk", q, k) + b, axis=-1) * keep, v)
-  ours = lambda q, k, v, b: attend(q, k, v, b, keep)
+      "bhqk,bhkd->bhqd", jax.nn.softmax(jnp.einsum("bhqd,bhkd->bhqk", q, k) + mask + b, axis=-1) * keep, v)
+  ours = lambda q, k, v, b: attend(q, k, v, mask, b, keep)
   assert np.allclose(ours(q, k, v, bias), reference(q, k, v, bias), atol=1e-6)
   g_ours = jax.grad(lambda *a: jnp.sum(ours(*a) * cotangent), argnums=(0, 1, 2, 3))(q, k, v, bias)
   g_ref = jax.grad(lambda *a: jnp.sum(reference(*a) * cotangent), argnums=(0, 1, 2, 3))(q, k, v, bias)
   for a, b in zip(g_ours, g_ref):
     assert a.shape == b.shape and np.allclose(a, b, atol=1e-5)
+    assert a.ndim == 0 or np.abs(a).max() > 1e-3  # a real gradient (a scalar bias has none: softmax shifts)

@@ -128,32 +128,37 @@ class RelativePositionBias(nn.Module):
 
 
 @jax.custom_vjp
-def attend(q, k, v, bias, keep):
-  """softmax(q k^T + bias), times the dropout mask `keep`, times v; [batch, heads, length, kv] inputs.
+def attend(q, k, v, mask, position_bias, keep):
+  """softmax(q k^T + mask + position_bias), times the dropout mask `keep`, times v; [batch, heads, length, kv].
 
-  A custom gradient: XLA's own for this spends about a fifth more time on the [batch, heads, q, k] arrays;
-  this one uses rowsum(dP * P) = rowsum(dO * O) (as FlashAttention does) and no transposed copies of P.
+  The additive `mask` ([batch, 1, q, k], 0 or NEG_INF) gets no gradient and `position_bias` ([1, heads, q, k]
+  or a scalar) gets one summed to its own shape, so no [batch, heads, q, k] bias is ever built, kept or
+  accumulated across layers. `keep` broadcasts along the query axis ([batch, heads, 1, k]) as in t5x.
+  The backward pass keeps the probabilities in the activation dtype (bf16 halves the largest residual) and
+  uses rowsum(dP * P) = rowsum(dO * O) (as FlashAttention does): no transposed copies of P.
   """
-  return _attend_fwd(q, k, v, bias, keep)[0]
+  return _attend_fwd(q, k, v, mask, position_bias, keep)[0]
 
 
-def _attend_fwd(q, k, v, bias, keep):
-  probs = jax.nn.softmax(jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) + bias, axis=-1)
-  out = jnp.einsum("bhqk,bhkd->bhqd", (probs * keep).astype(v.dtype), v)
-  return out, (q, k, v, bias, probs, keep, out)
+def _attend_fwd(q, k, v, mask, position_bias, keep):
+  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) + mask + position_bias
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bhqk,bhkd->bhqd", probs * keep, v)
+  return out, (q, k, v, mask, position_bias, probs, keep, out)
 
 
 def _attend_bwd(residuals, d_out):
-  q, k, v, bias, probs, keep, out = residuals
+  q, k, v, mask, position_bias, probs, keep, out = residuals
   d_dropped = jnp.einsum("bhqd,bhkd->bhqk", d_out, v).astype(jnp.float32)
-  d_v = jnp.einsum("bhqk,bhqd->bhkd", (probs * keep).astype(v.dtype), d_out)
+  d_v = jnp.einsum("bhqk,bhqd->bhkd", probs * keep, d_out)
   row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
-  d_logits = probs * (d_dropped * keep - row)
+  d_logits = probs.astype(jnp.float32) * (d_dropped * keep - row)
   d_q = jnp.einsum("bhqk,bhkd->bhqd", d_logits.astype(q.dtype), k)
   d_k = jnp.einsum("bhqk,bhqd->bhkd", d_logits.astype(q.dtype), q)
-  broadcast = tuple(i for i in range(4) if bias.shape[i] == 1 and d_logits.shape[i] != 1)
-  d_bias = jnp.sum(d_logits, axis=broadcast, keepdims=True) if broadcast else d_logits
-  return d_q, d_k, d_v, d_bias, jnp.zeros_like(keep)
+  summed = tuple(range(d_logits.ndim - position_bias.ndim)) + tuple(
+      d_logits.ndim - position_bias.ndim + i for i, n in enumerate(position_bias.shape) if n == 1)
+  d_bias = jnp.sum(d_logits, axis=summed).reshape(position_bias.shape)
+  return d_q, d_k, d_v, jnp.zeros_like(mask), d_bias, jnp.zeros_like(keep)
 
 
 attend.defvjp(_attend_fwd, _attend_bwd)
@@ -170,7 +175,7 @@ class Attention(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, inputs_q, inputs_kv, bias, decode=None, index=None, cross=False):
+  def __call__(self, inputs_q, inputs_kv, mask, position_bias, decode=None, index=None, cross=False):
     c = self.config
     inner = c.num_heads * c.d_kv
     proj = functools.partial(Dense, inner, ("embed", "joined_kv"), dtype=c.dtype)
@@ -192,10 +197,10 @@ class Attention(nn.Module):
       self.put_variable("cache", "key", k)
       self.put_variable("cache", "value", v)
     keep = jnp.ones((), c.dtype)
-    if c.dropout_rate > 0 and not self.deterministic:
+    if c.dropout_rate > 0 and not self.deterministic:  # one mask for all queries of a head, as t5x
       keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - c.dropout_rate,
-                                  q.shape[:3] + k.shape[2:3]).astype(c.dtype) / (1.0 - c.dropout_rate)
-    out = attend(q, k, v, bias, keep).transpose(0, 2, 1, 3).reshape(inputs_q.shape[:2] + (inner,))
+                                  q.shape[:2] + (1,) + k.shape[2:3]).astype(c.dtype) / (1.0 - c.dropout_rate)
+    out = attend(q, k, v, mask, position_bias, keep).transpose(0, 2, 1, 3).reshape(inputs_q.shape[:2] + (inner,))
     out = constrain(out, ("batch", "length", "joined_kv"))
     return Dense(c.d_model, ("joined_kv", "embed"), inner ** -0.5, dtype=c.dtype, name="out")(out)
 
@@ -225,11 +230,11 @@ class EncoderLayer(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x, bias):
+  def __call__(self, x, mask, position_bias):
     c = self.config
     drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=self.deterministic)
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_attention_layer_norm")(x)
-    x = x + drop(Attention(c, self.deterministic, name="attention")(h, h, bias))
+    x = x + drop(Attention(c, self.deterministic, name="attention")(h, h, mask, position_bias))
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_mlp_layer_norm")(x)
     x = x + drop(MLP(c, self.deterministic, name="mlp")(h))
     return constrain(x, ("batch", "length", "embed"))
@@ -240,14 +245,14 @@ class DecoderLayer(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x, encoded, self_bias, cross_bias, decode=None, index=None):
+  def __call__(self, x, encoded, self_mask, position_bias, cross_mask, decode=None, index=None):
     c = self.config
     drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=self.deterministic)
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_self_attention_layer_norm")(x)
-    x = x + drop(Attention(c, self.deterministic, name="self_attention")(h, h, self_bias, decode, index))
+    x = x + drop(Attention(c, self.deterministic, name="self_attention")(h, h, self_mask, position_bias, decode, index))
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_cross_attention_layer_norm")(x)
     x = x + drop(Attention(c, self.deterministic, name="encoder_decoder_attention")(
-        h, encoded, cross_bias, decode, index, cross=True))
+        h, encoded, cross_mask, jnp.zeros((), jnp.float32), decode, index, cross=True))
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_mlp_layer_norm")(x)
     x = x + drop(MLP(c, self.deterministic, name="mlp")(h))
     return constrain(x, ("batch", "length", "embed"))
@@ -277,13 +282,13 @@ class Encoder(nn.Module):
     deterministic = not enable_dropout
     length = tokens.shape[1]
     valid = tokens > 0
-    bias = attention_bias(valid, valid, segment_ids, segment_ids)
-    bias = bias + RelativePositionBias(c, bidirectional=True, name="relpos_bias")(length, length)
+    mask = attention_bias(valid, valid, segment_ids, segment_ids)
+    position_bias = RelativePositionBias(c, bidirectional=True, name="relpos_bias")(length, length)
     x = nn.Dropout(c.dropout_rate)(self.embedder(tokens), deterministic=deterministic)
     x = constrain(x, ("batch", "length", "embed"))
     layer = _layer_class(EncoderLayer, c)
     for i in range(c.num_encoder_layers):
-      x = layer(c, deterministic, name=f"layers_{i}")(x, bias)
+      x = layer(c, deterministic, name=f"layers_{i}")(x, mask, position_bias)
     x = RMSNorm(c.layer_norm_epsilon, c.dtype, name="encoder_norm")(x)
     return nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
 
@@ -304,18 +309,18 @@ class Decoder(nn.Module):
       max_length = self.get_variable("cache", "index_limit").shape[0]
       index = self.get_variable("cache", "index")
       positions = jnp.arange(max_length)
-      row = jax.lax.dynamic_slice_in_dim(relpos(max_length, max_length), index, 1, axis=2)
-      self_bias = row + jnp.where(positions <= index, 0.0, NEG_INF)[None, None, None, :]
-      cross_bias = jnp.where(encoder_tokens > 0, 0.0, NEG_INF)[:, None, None, :].astype(jnp.float32)
+      position_bias = jax.lax.dynamic_slice_in_dim(relpos(max_length, max_length), index, 1, axis=2)
+      self_mask = jnp.where(positions <= index, 0.0, NEG_INF)[None, None, None, :].astype(jnp.float32)
+      cross_mask = jnp.where(encoder_tokens > 0, 0.0, NEG_INF)[:, None, None, :].astype(jnp.float32)
       self.put_variable("cache", "index", index + 1)
     else:
       length = decoder_input_tokens.shape[1]
       index = None
       # Decoder inputs start with token 0 (= pad), so padding is read off the targets, as t5x does.
       dec_valid = decoder_target_tokens > 0
-      self_bias = attention_bias(dec_valid, dec_valid, decoder_segment_ids, decoder_segment_ids, causal=True)
-      self_bias = self_bias + relpos(length, length)
-      cross_bias = attention_bias(dec_valid, encoder_tokens > 0, decoder_segment_ids, encoder_segment_ids)
+      self_mask = attention_bias(dec_valid, dec_valid, decoder_segment_ids, decoder_segment_ids, causal=True)
+      position_bias = relpos(length, length)
+      cross_mask = attention_bias(dec_valid, encoder_tokens > 0, decoder_segment_ids, encoder_segment_ids)
       if decode == "init":
         self.put_variable("cache", "index", jnp.zeros((), jnp.int32))
         self.put_variable("cache", "index_limit", jnp.zeros((length,), jnp.int8))  # carries the length
@@ -323,7 +328,7 @@ class Decoder(nn.Module):
     x = constrain(x, ("batch", "length", "embed"))
     layer = _layer_class(DecoderLayer, c) if not decode else DecoderLayer
     for i in range(c.num_decoder_layers):
-      x = layer(c, deterministic, name=f"layers_{i}")(x, encoded, self_bias, cross_bias, decode, index)
+      x = layer(c, deterministic, name=f"layers_{i}")(x, encoded, self_mask, position_bias, cross_mask, decode, index)
     x = RMSNorm(c.layer_norm_epsilon, c.dtype, name="decoder_norm")(x)
     x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
     if c.tie_embeddings:
