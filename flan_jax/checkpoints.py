@@ -8,9 +8,12 @@ without re-reading it. Orbax writes each step to a temporary directory and renam
 interrupted save never leaves a step that restores wrongly.
 """
 
+import contextlib
 import dataclasses
 import os
 import re
+import shutil
+import tempfile
 from typing import Any
 
 import jax
@@ -148,3 +151,25 @@ def restore_data_iterator(path: str, iterator) -> None:
   with ocp.CheckpointManager(root, item_names=ITEMS,
                              options=ocp.CheckpointManagerOptions(create=False, read_only=True)) as mngr:
     mngr.restore(step, args=ocp.args.Composite(**{DATA: DataIterator(iterator)}))
+
+
+def check_new_dir(out_dir: str) -> None:
+  if os.path.exists(out_dir) and os.listdir(out_dir):
+    raise UserError(f"{out_dir} already exists and is not empty; choose a new directory")
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: str):
+  """Yields a temporary sibling of out_dir, renamed to out_dir when the block succeeds and removed when it
+  fails, so out_dir is either complete or absent."""
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
+  try:
+    yield tmp
+    if os.path.exists(out_dir):
+      os.rmdir(out_dir)
+    os.rename(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise

@@ -21,6 +21,21 @@ def _import_hf(args):
   print(f"wrote checkpoint {out}")
 
 
+def _import_t5x(args):
+  from flan_jax import gin_utils, t5x
+  gin_utils.parse(args.gin_file, args.gin_bindings, args.gin_search_paths, finalize=False)
+  out = t5x.import_t5x(args.checkpoint, args.out, vocabulary=args.vocab,
+                       with_optimizer_state=args.with_optimizer_state)
+  print(f"wrote checkpoint {out}")
+
+
+def _export_t5x(args):
+  from flan_jax import gin_utils, t5x
+  gin_utils.parse(args.gin_file, args.gin_bindings, args.gin_search_paths, finalize=False)
+  out = t5x.export_t5x(args.checkpoint, args.out, with_optimizer_state=args.with_optimizer_state)
+  print(f"wrote T5X checkpoint {out}")
+
+
 def _mesh(args):
   """The mesh from `--gin.make_mesh.*` flags, as in train (default: data-parallel over all devices)."""
   from flan_jax import gin_utils, partitioning
@@ -207,6 +222,22 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="new HuggingFace folder")
   _add_process_flags(p)
   p.set_defaults(run=_export_hf)
+
+  p = sub.add_parser("import-t5x", help="convert a T5X checkpoint (checkpoint_<step>/) into a flan-jax checkpoint")
+  p.add_argument("--checkpoint", required=True, help="a T5X checkpoint_<step> directory (local or gs://)")
+  p.add_argument("--out", required=True, help="new checkpoint directory")
+  p.add_argument("--vocab", help="spiece.model the T5X run used (T5X checkpoints do not hold it)")
+  p.add_argument("--with_optimizer_state", action="store_true",
+                 help="also convert t5x's Adafactor state, to continue the t5x run with flan-jax train")
+  _add_gin_flags(p)
+  p.set_defaults(run=_import_t5x)
+
+  p = sub.add_parser("export-t5x", help="write a flan-jax checkpoint as a T5X checkpoint_<step>/ directory")
+  p.add_argument("--checkpoint", required=True, help="checkpoint directory (its latest step) or one step's directory")
+  p.add_argument("--out", required=True, help="directory to write checkpoint_<step>/ into")
+  p.add_argument("--with_optimizer_state", action="store_true", help="write the Adafactor state too")
+  _add_gin_flags(p)
+  p.set_defaults(run=_export_t5x)
 
   for name, help_text in (("infer", "predict or score over a task/mixture split or a JSONL file"),
                           ("eval", "held-out evaluation (MMLU, BBH, any task) as a table and JSON")):

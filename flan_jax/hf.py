@@ -4,12 +4,10 @@ One table (`weight_map`) names, for a config, which HF tensor each of our parame
 transposed (torch Linear stores (out, in); our kernels are (in, out)); import and export both read it.
 """
 
-import contextlib
 import glob
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 from safetensors import safe_open
@@ -148,28 +146,6 @@ def read_hf(hf_dir: str) -> tuple[T5Config, dict]:
   return config, params
 
 
-def _check_new_dir(out_dir: str) -> None:
-  if os.path.exists(out_dir) and os.listdir(out_dir):
-    raise UserError(f"{out_dir} already exists and is not empty; choose a new directory")
-
-
-@contextlib.contextmanager
-def _atomic_dir(out_dir: str):
-  """Yields a temporary sibling of out_dir, renamed to out_dir when the block succeeds and removed when it
-  fails, so out_dir is either complete or absent."""
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
-  try:
-    yield tmp
-    if os.path.exists(out_dir):
-      os.rmdir(out_dir)
-    os.rename(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-
-
 def import_hf(hf_dir: str, out_dir: str, vocabulary: str | None = None) -> str:
   """Write the HF model at hf_dir as a flan-jax checkpoint (step 0) at out_dir. Returns out_dir.
 
@@ -177,7 +153,7 @@ def import_hf(hf_dir: str, out_dir: str, vocabulary: str | None = None) -> str:
   temporary sibling directory and renamed at the end, so a failure leaves nothing at out_dir.
   """
   out_dir = os.path.abspath(out_dir)
-  _check_new_dir(out_dir)
+  checkpoints.check_new_dir(out_dir)
   config, params = read_hf(hf_dir)
   vocabulary = vocabulary or os.path.join(hf_dir, checkpoints.VOCAB_FILE)
   if not os.path.isfile(vocabulary):
@@ -187,7 +163,7 @@ def import_hf(hf_dir: str, out_dir: str, vocabulary: str | None = None) -> str:
   check_fits(spm, config.vocab_size)
   meta = {"model_config": config.to_dict(), "vocabulary": os.path.abspath(vocabulary),
           "vocabulary_fingerprint": fingerprint(spm), "source": {"huggingface": os.path.abspath(hf_dir)}}
-  with _atomic_dir(out_dir) as tmp:
+  with checkpoints.atomic_dir(out_dir) as tmp:
     shutil.copyfile(vocabulary, os.path.join(tmp, checkpoints.VOCAB_FILE))
     with checkpoints.manager(tmp) as mngr:
       checkpoints.save(mngr, 0, params, meta)
@@ -198,6 +174,9 @@ def import_hf(hf_dir: str, out_dir: str, vocabulary: str | None = None) -> str:
 
 def config_to_hf(config: T5Config) -> dict:
   """HF config.json for our config; UserError when HF's T5 has no equivalent."""
+  if config.relpos_per_layer:
+    raise UserError("this model has a relative-position bias per layer (t5x scalable_t5); HuggingFace's T5 "
+                    "shares one per stack, so it cannot be exported to HuggingFace")
   proj = next((name for name, acts in HF_ACTIVATIONS.items() if acts == config.mlp_activations), None)
   if proj is None:
     raise UserError(f"MLP activations {config.mlp_activations} have no HuggingFace T5 equivalent "
@@ -267,7 +246,7 @@ def export_hf(checkpoint: str, out_dir: str, mesh=None) -> str:
   if kind == "sentencepiece" and not (spiece and os.path.isfile(spiece)):
     raise UserError(f"checkpoint {root}/{step} has no SentencePiece vocabulary to export (looked for {spiece})")
   out_dir = os.path.abspath(out_dir)
-  _check_new_dir(out_dir)
+  checkpoints.check_new_dir(out_dir)
   target = partitioning.restore_target(config, mesh)
   params, _, _, _ = checkpoints.restore(os.path.join(root, str(step)), target)
   entries = sorted((name, path, transpose) for path, (name, transpose) in weight_map(config).items())
@@ -292,7 +271,7 @@ def export_hf(checkpoint: str, out_dir: str, mesh=None) -> str:
   files = {"config.json": hf_config,
            "generation_config.json": {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0},
            **_tokenizer_files(kind)}
-  with _atomic_dir(out_dir) as tmp:
+  with checkpoints.atomic_dir(out_dir) as tmp:
     write_safetensors(os.path.join(tmp, "model.safetensors"), shapes, tensors(), metadata={"format": "pt"})
     for name, content in files.items():
       with open(os.path.join(tmp, name), "w") as f:

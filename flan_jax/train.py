@@ -20,11 +20,13 @@ import math
 import os
 import time
 
+from flax import traverse_util
 import gin
 import jax
 import numpy as np
+from jax.sharding import NamedSharding
 
-from flan_jax import checkpoints, evaluation, inference, logs, partitioning, trainer
+from flan_jax import checkpoints, evaluation, inference, logs, partitioning, t5x, trainer
 from flan_jax.data import pipeline, registration
 from flan_jax.errors import UserError
 from flan_jax.models import T5Config
@@ -92,6 +94,13 @@ def _check_settings(s: dict) -> None:
   need(not path or "://" in path or os.path.exists(path), f"INITIAL_CHECKPOINT_PATH {path} does not exist")
 
 
+def _initial_meta(path: str):
+  """(root, step, meta) of INITIAL_CHECKPOINT_PATH: a flan-jax checkpoint, or a T5X one (config from shapes)."""
+  if t5x.is_t5x_checkpoint(path):
+    return path, 0, {"model_config": t5x.infer_config(t5x.read_tree(path)["target"]).to_dict()}
+  return checkpoints.read_meta(path)
+
+
 def _existing_checkpoint(directory: str):
   try:
     return checkpoints.read_meta(directory)
@@ -122,7 +131,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
 
   ckpt_dir = os.path.join(model_dir, "checkpoints")
   resume = _existing_checkpoint(ckpt_dir)
-  initial = checkpoints.read_meta(initial_checkpoint_path) if initial_checkpoint_path and not resume else None
+  initial = _initial_meta(initial_checkpoint_path) if initial_checkpoint_path and not resume else None
   source_meta = (resume or initial or (None, None, None))[2]
   config = resolve_model_config(checkpoints.model_config(source_meta) if source_meta else None)
   if resume:
@@ -155,7 +164,12 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
       _warn_if_data_changed(resume[2], mixture_or_task_name, task_feature_lengths, batch_size, random_seed, log_fn)
     elif initial:
       abstract_params, _ = shardings.restore_targets()
-      params, _, _, _ = checkpoints.restore(initial_checkpoint_path, abstract_params)
+      if t5x.is_t5x_checkpoint(initial_checkpoint_path):  # one array at a time, straight onto its devices
+        where = traverse_util.flatten_dict(abstract_params, sep="/")
+        params = t5x.read_params(initial_checkpoint_path, abstract_params,
+                                 put=lambda n, a: jax.device_put(a, NamedSharding(mesh, where[n].sharding.spec)))
+      else:
+        params, _, _, _ = checkpoints.restore(initial_checkpoint_path, abstract_params)
       state = trainer.init_state(config, tx, shardings, init_rng, params)
       log_fn(f"initialised from {initial_checkpoint_path}")
     else:

@@ -31,6 +31,8 @@ class T5Config:
   tie_embeddings: bool = False
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
+  # One relative-position bias per layer (t5x's scalable_t5) instead of one shared by a stack (T5, HF).
+  relpos_per_layer: bool = False
   dropout_rate: float = 0.0
   layer_norm_epsilon: float = 1e-6
   # Activation dtype; parameters always stay float32.

@@ -231,8 +231,11 @@ class EncoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask, position_bias):
+    """position_bias None: this layer has its own (`relpos_per_layer`)."""
     c = self.config
     drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=self.deterministic)
+    if position_bias is None:
+      position_bias = RelativePositionBias(c, bidirectional=True, name="relpos_bias")(x.shape[1], x.shape[1])
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_attention_layer_norm")(x)
     x = x + drop(Attention(c, self.deterministic, name="attention")(h, h, mask, position_bias))
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_mlp_layer_norm")(x)
@@ -246,8 +249,12 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, encoded, self_mask, position_bias, cross_mask, decode=None, index=None):
+    """position_bias None: this layer has its own (`relpos_per_layer`)."""
     c = self.config
     drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=self.deterministic)
+    if position_bias is None:
+      relpos = RelativePositionBias(c, bidirectional=False, name="relpos_bias")
+      position_bias = decoder_position_bias(relpos, self_mask.shape[-1], index if decode == "step" else None)
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_self_attention_layer_norm")(x)
     x = x + drop(Attention(c, self.deterministic, name="self_attention")(h, h, self_mask, position_bias, decode, index))
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_cross_attention_layer_norm")(x)
@@ -256,6 +263,13 @@ class DecoderLayer(nn.Module):
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_mlp_layer_norm")(x)
     x = x + drop(MLP(c, self.deterministic, name="mlp")(h))
     return constrain(x, ("batch", "length", "embed"))
+
+
+def decoder_position_bias(relpos, length: int, index=None):
+  """[1, heads, q, k] causal position bias; in a decode step (`index`), the row of that position only."""
+  if index is None:
+    return relpos(length, length)
+  return jax.lax.dynamic_slice_in_dim(relpos(length, length), index, 1, axis=2)
 
 
 def attention_bias(q_valid, k_valid, q_segments=None, k_segments=None, causal=False):
@@ -283,7 +297,8 @@ class Encoder(nn.Module):
     length = tokens.shape[1]
     valid = tokens > 0
     mask = attention_bias(valid, valid, segment_ids, segment_ids)
-    position_bias = RelativePositionBias(c, bidirectional=True, name="relpos_bias")(length, length)
+    position_bias = None if c.relpos_per_layer else RelativePositionBias(
+        c, bidirectional=True, name="relpos_bias")(length, length)
     x = nn.Dropout(c.dropout_rate)(self.embedder(tokens), deterministic=deterministic)
     x = constrain(x, ("batch", "length", "embed"))
     layer = _layer_class(EncoderLayer, c)
@@ -304,12 +319,12 @@ class Decoder(nn.Module):
     and with decode="step" (inputs [batch, 1]) run the next position from it."""
     c = self.config
     deterministic = not enable_dropout
-    relpos = RelativePositionBias(c, bidirectional=False, name="relpos_bias")
+    relpos = None if c.relpos_per_layer else RelativePositionBias(c, bidirectional=False, name="relpos_bias")
     if decode == "step":
       max_length = self.get_variable("cache", "index_limit").shape[0]
       index = self.get_variable("cache", "index")
       positions = jnp.arange(max_length)
-      position_bias = jax.lax.dynamic_slice_in_dim(relpos(max_length, max_length), index, 1, axis=2)
+      position_bias = None if relpos is None else decoder_position_bias(relpos, max_length, index)
       self_mask = jnp.where(positions <= index, 0.0, NEG_INF)[None, None, None, :].astype(jnp.float32)
       cross_mask = jnp.where(encoder_tokens > 0, 0.0, NEG_INF)[:, None, None, :].astype(jnp.float32)
       self.put_variable("cache", "index", index + 1)
@@ -319,7 +334,7 @@ class Decoder(nn.Module):
       # Decoder inputs start with token 0 (= pad), so padding is read off the targets, as t5x does.
       dec_valid = decoder_target_tokens > 0
       self_mask = attention_bias(dec_valid, dec_valid, decoder_segment_ids, decoder_segment_ids, causal=True)
-      position_bias = relpos(length, length)
+      position_bias = None if relpos is None else decoder_position_bias(relpos, length)
       cross_mask = attention_bias(dec_valid, encoder_tokens > 0, decoder_segment_ids, encoder_segment_ids)
       if decode == "init":
         self.put_variable("cache", "index", jnp.zeros((), jnp.int32))
