@@ -44,10 +44,18 @@ def _mesh(args):
 
 
 def _export_hf(args):
-  from flan_jax import hf
+  from flan_jax import hf, lora
   _start_processes(args)
-  out = hf.export_hf(args.checkpoint, args.out, _mesh(args))
+  if args.adapter:
+    print(f"wrote peft adapter folder {lora.export_peft(args.checkpoint, args.out, args.base)}")
+    return
+  out = hf.export_hf(args.checkpoint, args.out, _mesh(args), merge=args.merge)
   print(f"wrote HuggingFace folder {out}")
+
+
+def _import_peft(args):
+  from flan_jax import lora
+  print(f"wrote checkpoint {lora.import_peft(args.adapter, args.base, args.out)}")
 
 
 def _settings(args):
@@ -220,8 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("export-hf", help="write a flan-jax checkpoint as a HuggingFace T5 folder")
   p.add_argument("--checkpoint", required=True, help="checkpoint directory (its latest step) or one step's directory")
   p.add_argument("--out", required=True, help="new HuggingFace folder")
+  lora_mode = p.add_mutually_exclusive_group()
+  lora_mode.add_argument("--adapter", action="store_true",
+                         help="LoRA checkpoint: a peft adapter folder (adapter_config.json, adapter_model.safetensors)")
+  lora_mode.add_argument("--merge", action="store_true", help="LoRA checkpoint: the model with the adapters folded in")
+  p.add_argument("--base", help="with --adapter: base_model_name_or_path to record (default: the base checkpoint)")
   _add_process_flags(p)
   p.set_defaults(run=_export_hf)
+
+  p = sub.add_parser("import-peft", help="a peft LoRA adapter folder on a flan-jax base as a LoRA checkpoint")
+  p.add_argument("--adapter", required=True, help="folder with adapter_config.json and adapter_model.safetensors")
+  p.add_argument("--base", required=True, help="the flan-jax checkpoint of the base model the adapter was made for")
+  p.add_argument("--out", required=True, help="new checkpoint directory")
+  p.set_defaults(run=_import_peft)
 
   p = sub.add_parser("import-t5x", help="convert a T5X checkpoint (checkpoint_<step>/) into a flan-jax checkpoint")
   p.add_argument("--checkpoint", required=True, help="a T5X checkpoint_<step> directory (local or gs://)")

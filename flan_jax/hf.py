@@ -226,9 +226,10 @@ def write_safetensors(path: str, shapes: dict, tensors, metadata: dict | None = 
       f.write(np.ascontiguousarray(value).tobytes())
 
 
-def export_hf(checkpoint: str, out_dir: str, mesh=None) -> str:
+def export_hf(checkpoint: str, out_dir: str, mesh=None, merge: bool = False) -> str:
   """A flan-jax checkpoint as a HuggingFace T5 folder: config.json, model.safetensors (float32),
   generation_config.json and tokenizer files. Written to a temporary sibling and renamed when complete.
+  A LoRA checkpoint exports with `merge` only: the adapters folded into their kernels (peft's merge_and_unload).
 
   The parameters are restored sharded over `mesh` (or on one device) and gathered to the host one at a time;
   with several processes, process 0 writes."""
@@ -237,9 +238,13 @@ def export_hf(checkpoint: str, out_dir: str, mesh=None) -> str:
 
   from flan_jax import partitioning
 
+  from flan_jax import lora
   root, step, meta = checkpoints.read_meta(checkpoint)
   config = checkpoints.model_config(meta)
-  hf_config = config_to_hf(config)
+  if bool(config.lora_rank) != merge:
+    raise UserError("a LoRA checkpoint exports as a peft adapter (--adapter) or merged (--merge)" if config.lora_rank
+                    else f"{root}/{step} has no LoRA adapters to merge")
+  hf_config = config_to_hf(lora.base_config(config))
   vocab_id = meta.get("vocabulary_fingerprint", "")
   spiece = checkpoints.vocabulary_path(root, meta)
   kind = "bytes" if vocab_id.startswith("ByteVocabulary") else "sentencepiece"
@@ -247,8 +252,9 @@ def export_hf(checkpoint: str, out_dir: str, mesh=None) -> str:
     raise UserError(f"checkpoint {root}/{step} has no SentencePiece vocabulary to export (looked for {spiece})")
   out_dir = os.path.abspath(out_dir)
   checkpoints.check_new_dir(out_dir)
-  target = partitioning.restore_target(config, mesh)
-  params, _, _, _ = checkpoints.restore(os.path.join(root, str(step)), target)
+  params = lora.load_params(root, step, meta, config, mesh)
+  lora_config, config = config, lora.base_config(config)
+  target = partitioning.restore_target(config)
   entries = sorted((name, path, transpose) for path, (name, transpose) in weight_map(config).items())
 
   def leaf(tree, path):
@@ -259,9 +265,13 @@ def export_hf(checkpoint: str, out_dir: str, mesh=None) -> str:
   shapes = {name: leaf(target, path).shape[::-1] if transpose else leaf(target, path).shape
             for name, path, transpose in entries}
 
+  gathered = lambda path: np.asarray(multihost_utils.process_allgather(leaf(params, path), tiled=True), np.float32)
+
   def tensors():
     for name, path, transpose in entries:
-      value = np.asarray(multihost_utils.process_allgather(leaf(params, path), tiled=True), dtype=np.float32)
+      value = gathered(path)
+      if "lora_a" in leaf(params, path[:-1]):
+        value = lora.fold(value, gathered(path[:-1] + ("lora_a",)), gathered(path[:-1] + ("lora_b",)), lora_config)
       yield name, value.T if transpose else value
 
   if jax.process_index() != 0:

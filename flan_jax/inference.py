@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
-from flan_jax import checkpoints, decoding, partitioning
+from flan_jax import checkpoints, decoding, lora, partitioning
 from flan_jax.data import registration
 from flan_jax.errors import UserError
 from flan_jax.models import T5Config
@@ -37,7 +37,7 @@ def load(checkpoint: str, mesh: jax.sharding.Mesh | None = None) -> Model:
   """The checkpoint's parameters, sharded over `mesh` by the training rules (or on one device)."""
   root, step, meta = checkpoints.read_meta(checkpoint)
   config = checkpoints.model_config(meta)
-  params, _, _, _ = checkpoints.restore(os.path.join(root, str(step)), partitioning.restore_target(config, mesh))
+  params = lora.load_params(root, step, meta, config, mesh)
   fingerprint = meta.get("vocabulary_fingerprint")
   if fingerprint and fingerprint.startswith("ByteVocabulary"):
     vocabulary = byte_vocabulary()

@@ -144,7 +144,8 @@ def compile_step(config, tx, devices, topology: Topology, data: int, model: int,
       trainer.make_train_step(config, tx, z_loss, loss_normalizing_factor, microbatches), shardings)
   params, opt_state = shardings.restore_targets()  # abstract, carrying their shardings
   state = trainer.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=shardings.replicated),
-                             params=params, opt_state=opt_state)
+                             params=params, opt_state=opt_state,
+                             frozen=shardings.frozen_target() if config.lora_rank else None)
   batch = {}
   for prefix, length in (("encoder", lengths["inputs"]), ("decoder", lengths["targets"])):
     names = ["input_tokens", "segment_ids", "positions"] + (["target_tokens", "loss_weights"] if prefix == "decoder"

@@ -331,3 +331,12 @@ def export_t5x(checkpoint: str, out_dir: str, with_optimizer_state: bool = False
     with open(os.path.join(tmp, CHECKPOINT_FILE), "wb") as f:
       f.write(serialization.msgpack_serialize(tree))
   return final
+
+
+def restore_params(path: str, abstract_params) -> dict:
+  """Parameters from a flan-jax or a T5X checkpoint, restored into `abstract_params` (shapes and shardings);
+  a T5X checkpoint is read one array at a time, each placed on its devices as it is read."""
+  if not is_t5x_checkpoint(path):
+    return checkpoints.restore(path, abstract_params)[0]
+  where = traverse_util.flatten_dict(abstract_params, sep="/")
+  return read_params(path, abstract_params, put=lambda name, a: jax.device_put(a, where[name].sharding))

@@ -20,16 +20,15 @@ import math
 import os
 import time
 
-from flax import traverse_util
 import gin
 import jax
 import numpy as np
-from jax.sharding import NamedSharding
 
 from flan_jax import checkpoints, evaluation, inference, logs, partitioning, t5x, trainer
 from flan_jax.data import pipeline, registration
 from flan_jax.errors import UserError
 from flan_jax.models import T5Config
+from flan_jax.models.config import LORA_FIELDS
 from flan_jax.optim import adafactor
 from flan_jax.vocab import check_fits, fingerprint
 
@@ -38,7 +37,9 @@ class TrainingDiverged(UserError):
   """The loss became NaN or Inf."""
 
 
-ARCHITECTURE_FIELDS = [f.name for f in dataclasses.fields(T5Config) if f.name not in ("dropout_rate", "dtype", "remat")]
+# Set by gin even over a checkpoint's config: dropout, dtype and remat; and LoRA, which trains on a base.
+RUNTIME_FIELDS = ("dropout_rate", "dtype", "remat") + LORA_FIELDS
+ARCHITECTURE_FIELDS = [f.name for f in dataclasses.fields(T5Config) if f.name not in RUNTIME_FIELDS]
 
 
 def resolve_model_config(checkpoint_config: T5Config | None) -> T5Config:
@@ -53,8 +54,7 @@ def resolve_model_config(checkpoint_config: T5Config | None) -> T5Config:
   diff = [d for d in gin_config.architecture_diff(checkpoint_config) if d.split(":")[0] in bound]
   if diff:
     raise UserError("the gin model config differs from the checkpoint's: " + "; ".join(diff))
-  return dataclasses.replace(checkpoint_config, dropout_rate=gin_config.dropout_rate, dtype=gin_config.dtype,
-                             remat=gin_config.remat)
+  return dataclasses.replace(checkpoint_config, **{k: getattr(gin_config, k) for k in RUNTIME_FIELDS})
 
 
 def _check_settings(s: dict) -> None:
@@ -92,6 +92,10 @@ def _check_settings(s: dict) -> None:
        "train.best_metric needs EVAL_TASKS and an EVAL_PERIOD > 0")
   path = s["initial_checkpoint_path"]
   need(not path or "://" in path or os.path.exists(path), f"INITIAL_CHECKPOINT_PATH {path} does not exist")
+
+
+def _abs(path: str) -> str:
+  return path if "://" in path else os.path.abspath(path)
 
 
 def _initial_meta(path: str):
@@ -138,6 +142,9 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     diff = config.architecture_diff(checkpoints.model_config(resume[2]))
     if diff:
       raise UserError(f"{ckpt_dir} holds a checkpoint of a different model: {'; '.join(diff)}")
+  lora_base = (resume[2].get("lora_base") if resume else initial_checkpoint_path) if config.lora_rank else None
+  if config.lora_rank and not lora_base:
+    raise UserError("LoRA trains adapters on a pretrained base: set INITIAL_CHECKPOINT_PATH")
   check_fits(vocabulary, config.vocab_size)
   vocab_id = fingerprint(vocabulary)
   if source_meta and source_meta.get("vocabulary_fingerprint") not in (None, vocab_id):
@@ -155,35 +162,34 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   init_rng, dropout_key = jax.random.split(rng)
 
   with jax.set_mesh(mesh), partitioning.axis_rules():
+    frozen = None
+    if config.lora_rank:  # the frozen base of the adapters
+      frozen = t5x.restore_params(lora_base, shardings.frozen_target())
     if resume:
       root, step, _ = resume
       abstract_params, abstract_opt = shardings.restore_targets()
       params, opt_state, _, step = checkpoints.restore(os.path.join(root, str(step)), abstract_params, abstract_opt)
-      state = trainer.init_state(config, tx, shardings, init_rng, params, opt_state, step)
+      state = trainer.init_state(config, tx, shardings, init_rng, params, opt_state, step, frozen)
       log_fn(f"resumed from {root}/{step}")
       _warn_if_data_changed(resume[2], mixture_or_task_name, task_feature_lengths, batch_size, random_seed, log_fn)
-    elif initial:
-      abstract_params, _ = shardings.restore_targets()
-      if t5x.is_t5x_checkpoint(initial_checkpoint_path):  # one array at a time, straight onto its devices
-        where = traverse_util.flatten_dict(abstract_params, sep="/")
-        params = t5x.read_params(initial_checkpoint_path, abstract_params,
-                                 put=lambda n, a: jax.device_put(a, NamedSharding(mesh, where[n].sharding.spec)))
-      else:
-        params, _, _, _ = checkpoints.restore(initial_checkpoint_path, abstract_params)
+    elif initial and not config.lora_rank:
+      params = t5x.restore_params(initial_checkpoint_path, shardings.restore_targets()[0])
       state = trainer.init_state(config, tx, shardings, init_rng, params)
       log_fn(f"initialised from {initial_checkpoint_path}")
     else:
-      state = trainer.init_state(config, tx, shardings, init_rng)
+      state = trainer.init_state(config, tx, shardings, init_rng, frozen=frozen)
+      if frozen is not None:
+        log_fn(f"LoRA rank {config.lora_rank} on {', '.join(config.lora_targets)} over the frozen base {lora_base}")
     start_step = int(state.step)
     log_fn(f"mesh data={mesh.shape['data']} model={mesh.shape['model']} over {mesh.size} of "
            f"{jax.device_count()} devices; {sum(x.size for x in jax.tree.leaves(shardings.abstract_params)):,} "
            f"parameters; data shard {layout.shard_index} of {layout.num_shards}, {layout.rows} rows a step "
            f"from this process; sharding: " + ", ".join(
-               f"{'/'.join(path)} {_get(state.params, path).sharding.spec}" for path in SHOWN_PARAMS
-               if _get(state.params, path) is not None))
+               f"{'/'.join(path)} {_get(state.full_params(), path).sharding.spec}" for path in SHOWN_PARAMS
+               if _get(state.full_params(), path) is not None))
 
     meta = {"model_config": config.to_dict(), "vocabulary": _vocab_path(vocabulary),
-            "vocabulary_fingerprint": vocab_id,
+            "vocabulary_fingerprint": vocab_id, **({"lora_base": _abs(lora_base)} if lora_base else {}),
             "data": {"mixture_or_task_name": mixture_or_task_name, "task_feature_lengths": dict(task_feature_lengths),
                      "batch_size": batch_size, "random_seed": random_seed, "pack": pack, "shuffle": shuffle,
                      "shards": [layout.shard_index, layout.num_shards], "processes": jax.process_count()}}
@@ -237,7 +243,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
         if evaluate_now or save_now or progress.due(done):
           check_pending()
         if evaluate_now:
-          evaluated = eval_fn(state.params)
+          evaluated = eval_fn(state.full_params())
           writer.write(done, evaluated)
           log_fn(logs.format_metrics(done, evaluated))
           if best_mngr is not None:

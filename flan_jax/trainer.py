@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from flan_jax import partitioning
+from flan_jax import lora, partitioning
 from flan_jax.losses import cross_entropy
 from flan_jax.models import T5, T5Config
 from flan_jax.models.t5 import abstract_variables, init_variables
@@ -25,9 +25,14 @@ MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_targe
 
 @flax.struct.dataclass
 class TrainState:
+  """`params` are what trains (everything, or with LoRA only the adapters); `frozen` is LoRA's base."""
   step: jax.Array
   params: Any
   opt_state: Any
+  frozen: Any = None
+
+  def full_params(self):
+    return self.params if self.frozen is None else lora.combine(self.frozen, self.params)
 
 
 def batch_metrics(config: T5Config, params, batch, z_loss: float, dropout_rng=None):
@@ -56,17 +61,19 @@ def _microbatches(batch: dict, n: int) -> dict:
 def make_train_step(config: T5Config, tx: optax.GradientTransformation, z_loss: float = 1e-4,
                     loss_normalizing_factor: float | None = None, num_microbatches: int = 1):
   """train_step(state, batch, dropout_key) -> (state, metrics)."""
-  grad_fn = jax.grad(lambda p, b, rng: batch_metrics(config, p, b, z_loss, rng), has_aux=True)
+  # Gradients for the trained parameters only; LoRA's frozen base is an input.
+  grad_fn = jax.grad(lambda p, frozen, b, rng: batch_metrics(
+      config, p if frozen is None else lora.combine(frozen, p), b, z_loss, rng), has_aux=True)
 
   def train_step(state: TrainState, batch: dict, dropout_key):
     rng = jax.random.fold_in(dropout_key, state.step)
     use_dropout = config.dropout_rate > 0
     if num_microbatches == 1:
-      grads, sums = grad_fn(state.params, batch, rng if use_dropout else None)
+      grads, sums = grad_fn(state.params, state.frozen, batch, rng if use_dropout else None)
     else:
       def accumulate(carry, xs):
         micro, i = xs
-        g, m = grad_fn(state.params, micro, jax.random.fold_in(rng, i) if use_dropout else None)
+        g, m = grad_fn(state.params, state.frozen, micro, jax.random.fold_in(rng, i) if use_dropout else None)
         return jax.tree.map(jnp.add, carry, (g, m)), None
 
       zeros = jax.tree.map(jnp.zeros_like, (state.params, {k: jnp.zeros((), jnp.float32) for k in
@@ -81,7 +88,7 @@ def make_train_step(config: T5Config, tx: optax.GradientTransformation, z_loss: 
     metrics["grad_norm"] = optax.global_norm(grads)
     # 0 when an update made any parameter NaN/Inf (or overflowed the norm): such a state must not be saved.
     metrics["params_finite"] = jnp.isfinite(optax.global_norm(params)).astype(jnp.float32)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, frozen=state.frozen), metrics
 
   return train_step
 
@@ -97,13 +104,18 @@ class Shardings:
   def __init__(self, config: T5Config, tx: optax.GradientTransformation, mesh):
     boxed = abstract_variables(config)["params"]
     self.mesh = mesh
-    self.abstract_params = nn.unbox(boxed)
-    self.params = partitioning.param_shardings(boxed, mesh)
+    abstract, shardings = nn.unbox(boxed), partitioning.param_shardings(boxed, mesh)
+    self.full = shardings  # all parameters (LoRA: base and adapters), as eval and decoding take them
+    if config.lora_rank:  # only the adapters train; the base is frozen (no gradients, no optimizer state)
+      (self.abstract_params, self.abstract_frozen), (self.params, self.frozen) = \
+          lora.split(abstract), lora.split(shardings)
+    else:
+      self.abstract_params, self.params, self.abstract_frozen, self.frozen = abstract, shardings, None, None
     self.abstract_opt_state = jax.eval_shape(tx.init, self.abstract_params)
     self.opt_state = partitioning.opt_state_shardings(self.abstract_opt_state, self.abstract_params,
                                                       self.params, mesh)
     self.replicated = NamedSharding(mesh, P())
-    self.state = TrainState(step=self.replicated, params=self.params, opt_state=self.opt_state)
+    self.state = TrainState(step=self.replicated, params=self.params, opt_state=self.opt_state, frozen=self.frozen)
     self.batch = partitioning.batch_sharding(mesh)
 
   def restore_targets(self):
@@ -112,17 +124,26 @@ class Shardings:
     return (jax.tree.map(with_sharding, self.abstract_params, self.params),
             jax.tree.map(with_sharding, self.abstract_opt_state, self.opt_state))
 
+  def frozen_target(self):
+    """LoRA's abstract base parameters carrying their shardings."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        self.abstract_frozen, self.frozen)
 
-def init_state(config: T5Config, tx, shardings: Shardings, rng, params=None, opt_state=None, step: int = 0):
-  """A sharded TrainState: fresh parameters from rng unless given; optimizer state created under jit."""
+
+def init_state(config: T5Config, tx, shardings: Shardings, rng, params=None, opt_state=None, step: int = 0,
+               frozen=None):
+  """A sharded TrainState: fresh parameters from rng unless given (LoRA: fresh adapters, peft's init; the base
+  `frozen` given); optimizer state created under jit."""
   if params is None:
-    params = jax.jit(lambda r: nn.unbox(init_variables(config, r))["params"], out_shardings=shardings.params)(rng)
+    trained = (lambda p: lora.split(p)[0]) if config.lora_rank else (lambda p: p)
+    params = jax.jit(lambda r: trained(nn.unbox(init_variables(config, r))["params"]),
+                     out_shardings=shardings.params)(rng)
   else:
     params = jax.device_put(params, shardings.params)
   if opt_state is None:
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
   return TrainState(step=jax.device_put(jnp.asarray(step, jnp.int32), shardings.replicated), params=params,
-                    opt_state=opt_state)
+                    opt_state=opt_state, frozen=frozen)
 
 
 def jit_train_step(train_step, shardings: Shardings):
@@ -131,4 +152,4 @@ def jit_train_step(train_step, shardings: Shardings):
 
 
 def jit_eval_step(eval_step, shardings: Shardings):
-  return jax.jit(eval_step, in_shardings=(shardings.params, shardings.batch), out_shardings=shardings.replicated)
+  return jax.jit(eval_step, in_shardings=(shardings.full, shardings.batch), out_shardings=shardings.replicated)

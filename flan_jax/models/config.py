@@ -11,6 +11,9 @@ import gin
 from flan_jax.errors import UserError
 
 ACTIVATIONS = ("gelu", "relu", "silu", "linear")
+# peft's names for T5's projections (attention q/k/v/o in all three attentions, MLP wi / wi_0 / wi_1 / wo).
+LORA_TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
+LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "lora_use_rslora")
 
 
 @gin.configurable
@@ -39,9 +42,25 @@ class T5Config:
   dtype: str = "float32"
   # Rematerialise each layer in the backward pass to save activation memory.
   remat: bool = False
+  # LoRA adapters as peft builds them (None: off): rank, alpha (scale alpha / rank, or alpha / sqrt(rank) with
+  # rslora), dropout on the adapter's input, and the targets by peft's T5 module names.
+  lora_rank: int | None = None
+  lora_alpha: float = 8.0
+  lora_dropout: float = 0.0
+  lora_targets: tuple = ("q", "v")
+  lora_use_rslora: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
+    object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+    if self.lora_rank is not None:
+      if self.lora_rank < 1:
+        raise UserError(f"T5Config.lora_rank must be >= 1 (or None for no LoRA), got {self.lora_rank}")
+      unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS)) or ([] if self.lora_targets else ["(none)"])
+      if unknown:
+        raise UserError(f"unknown LoRA target {unknown[0]!r}; T5's are {', '.join(LORA_TARGETS)}")
+      if not 0.0 <= self.lora_dropout < 1.0:
+        raise UserError(f"T5Config.lora_dropout must be in [0, 1), got {self.lora_dropout}")
     for act in self.mlp_activations:
       if act not in ACTIVATIONS:
         raise UserError(f"unknown MLP activation {act!r}; expected one of {ACTIVATIONS}")
@@ -57,6 +76,7 @@ class T5Config:
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
     d["mlp_activations"] = list(self.mlp_activations)
+    d["lora_targets"] = list(self.lora_targets)
     return d
 
   @classmethod

@@ -10,6 +10,7 @@ Linen rather than nnx: its parameter trees are plain nested dicts whose paths ar
 import functools
 import math
 import operator
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -61,20 +62,46 @@ def _init(stddev):
   return nn.initializers.normal(stddev=stddev)
 
 
+# Our projection names -> peft's T5 module names (the LoRA targets).
+PEFT_NAMES = {"query": "q", "key": "k", "value": "v", "out": "o", "wi": "wi", "wi_0": "wi_0", "wi_1": "wi_1",
+              "wo": "wo"}
+
+
+def _lora_a_init(key, shape, dtype):
+  """peft's lora_A init (kaiming_uniform, a=sqrt(5)): uniform in +-1/sqrt(fan_in)."""
+  return jax.random.uniform(key, shape, dtype, -1.0, 1.0) / math.sqrt(shape[0])
+
+
 class Dense(nn.Module):
-  """Bias-free projection whose kernel is stored 2D (in, out) like t5x checkpoints."""
+  """Bias-free projection whose kernel is stored 2D (in, out) like t5x checkpoints; with `lora` (a T5Config
+  whose lora_targets name this projection) also a LoRA adapter: y = x W + dropout(x) A B * scale."""
   features: int
   axes: tuple
   stddev: float
   dtype: str = "float32"
+  lora: Any = None
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param("kernel", nn.with_logical_partitioning(_init(self.stddev), self.axes),
                         (x.shape[-1], self.features), jnp.float32)
     # A 2D matmul: XLA's CPU backward pass is about twice as fast as for the [batch, length, in] form.
-    y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel.astype(self.dtype))
+    flat = x.reshape(-1, x.shape[-1])
+    y = jnp.dot(flat, kernel.astype(self.dtype))
+    c = self.lora
+    if c is not None and c.lora_rank and PEFT_NAMES.get(self.name) in c.lora_targets:
+      a = self.param("lora_a", nn.with_logical_partitioning(_lora_a_init, (self.axes[0], None)),
+                     (x.shape[-1], c.lora_rank), jnp.float32)
+      b = self.param("lora_b", nn.with_logical_partitioning(nn.initializers.zeros, (None, self.axes[1])),
+                     (c.lora_rank, self.features), jnp.float32)
+      h = nn.Dropout(c.lora_dropout)(flat, deterministic=self.deterministic)
+      y = y + jnp.dot(jnp.dot(h, a.astype(self.dtype)), b.astype(self.dtype)) * lora_scale(c)
     return y.reshape(x.shape[:-1] + (self.features,))
+
+
+def lora_scale(c) -> float:
+  return c.lora_alpha / (math.sqrt(c.lora_rank) if c.lora_use_rslora else c.lora_rank)
 
 
 class RMSNorm(nn.Module):
@@ -178,7 +205,8 @@ class Attention(nn.Module):
   def __call__(self, inputs_q, inputs_kv, mask, position_bias, decode=None, index=None, cross=False):
     c = self.config
     inner = c.num_heads * c.d_kv
-    proj = functools.partial(Dense, inner, ("embed", "joined_kv"), dtype=c.dtype)
+    proj = functools.partial(Dense, inner, ("embed", "joined_kv"), dtype=c.dtype, lora=c,
+                             deterministic=self.deterministic)
     # [batch, heads, length, kv]: the layout whose einsums (and their gradients) need no transposes inside.
     split = lambda x: constrain(x.reshape(x.shape[:2] + (c.num_heads, c.d_kv)).transpose(0, 2, 1, 3),
                                 ("batch", "heads", "length", "kv"))
@@ -202,7 +230,8 @@ class Attention(nn.Module):
                                   q.shape[:2] + (1,) + k.shape[2:3]).astype(c.dtype) / (1.0 - c.dropout_rate)
     out = attend(q, k, v, mask, position_bias, keep).transpose(0, 2, 1, 3).reshape(inputs_q.shape[:2] + (inner,))
     out = constrain(out, ("batch", "length", "joined_kv"))
-    return Dense(c.d_model, ("joined_kv", "embed"), inner ** -0.5, dtype=c.dtype, name="out")(out)
+    return Dense(c.d_model, ("joined_kv", "embed"), inner ** -0.5, dtype=c.dtype, lora=c,
+                 deterministic=self.deterministic, name="out")(out)
 
 
 class MLP(nn.Module):
@@ -217,12 +246,14 @@ class MLP(nn.Module):
     hidden = []
     for i, act in enumerate(acts):
       name = "wi" if len(acts) == 1 else f"wi_{i}"
-      h = Dense(c.d_ff, ("embed", "mlp"), c.d_model ** -0.5, dtype=c.dtype, name=name)(x)
+      h = Dense(c.d_ff, ("embed", "mlp"), c.d_model ** -0.5, dtype=c.dtype, lora=c,
+                deterministic=self.deterministic, name=name)(x)
       hidden.append(ACTIVATION_FNS[act](h))
     h = functools.reduce(operator.mul, hidden)
     h = nn.Dropout(c.dropout_rate)(h, deterministic=self.deterministic)
     h = constrain(h, ("batch", "length", "mlp"))
-    return Dense(c.d_model, ("mlp", "embed"), c.d_ff ** -0.5, dtype=c.dtype, name="wo")(h)
+    return Dense(c.d_model, ("mlp", "embed"), c.d_ff ** -0.5, dtype=c.dtype, lora=c,
+                 deterministic=self.deterministic, name="wo")(h)
 
 
 class EncoderLayer(nn.Module):
