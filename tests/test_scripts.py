@@ -37,3 +37,11 @@ def test_memory_plan_for_xxl_on_v5e():
   row = [line for line in out.stdout.splitlines() if line.startswith("| xxl")][0]
   # 11,135,332,352 float32 parameters over 16-way model parallelism: about 2.6 GiB a device, as many for grads.
   assert "| xxl (11.14B) | given | 4 x 16 | 2.59 GiB | 2.59 GiB |" in row
+
+
+def test_lora_benchmark_runs_on_a_tiny_model():
+  out = _run(sys.executable, "scripts/bench_lora.py", "--tiny", "--shape", "32/8", "--steps", "1")
+  assert out.returncode == 0, out.stderr
+  rows = [line for line in out.stdout.splitlines() if line.startswith("| full") or line.startswith("| LoRA")]
+  full, adapted = (int(row.split("|")[2].replace(",", "")) for row in rows)
+  assert adapted < full / 100  # the adapters are a small fraction of the parameters
