@@ -33,15 +33,25 @@ def _iterator_file() -> str:
 
 
 class DataIteratorHandler(ocp.CheckpointHandler):
-  """Saves and restores a tf.data iterator in place (tf.train.Checkpoint), one file per process."""
+  """Saves and restores a tf.data iterator in place (tf.train.Checkpoint), one file set per process.
+
+  TensorFlow writes to a local staging directory and the files are copied through etils.epath, so object
+  stores go through the same client as the rest of the checkpoint (TensorFlow's own GCS client cannot be
+  pointed at another endpoint)."""
 
   def save(self, directory: epath.Path, args: "DataIterator"):
     import tensorflow as tf
-    tf.train.Checkpoint(ds=args.iterator).write(os.fspath(directory / _iterator_file()))
+    with tempfile.TemporaryDirectory() as staging:
+      tf.train.Checkpoint(ds=args.iterator).write(os.path.join(staging, _iterator_file()))
+      for name in os.listdir(staging):
+        (directory / name).write_bytes(epath.Path(staging, name).read_bytes())
 
   def restore(self, directory: epath.Path, args: "DataIterator"):
     import tensorflow as tf
-    tf.train.Checkpoint(ds=args.iterator).read(os.fspath(directory / _iterator_file())).assert_consumed()
+    with tempfile.TemporaryDirectory() as staging:
+      for path in directory.glob(_iterator_file() + ".*"):
+        epath.Path(staging, path.name).write_bytes(path.read_bytes())
+      tf.train.Checkpoint(ds=args.iterator).read(os.path.join(staging, _iterator_file())).assert_consumed()
     return args.iterator
 
 
@@ -83,15 +93,21 @@ def _abs(path: str) -> str:
   return str(path) if "://" in str(path) else os.path.abspath(path)
 
 
+def _complete(step_dir: epath.Path) -> bool:
+  """A committed step: <step>/ with its meta, and on object stores (no atomic rename) orbax's commit marker."""
+  return bool(re.fullmatch(r"\d+", step_dir.name)) and (step_dir / META).is_dir() and \
+      ocp.step.is_path_finalized(step_dir)
+
+
 def locate(path: str) -> tuple[str, int]:
   """(checkpoint root, step) for a root directory (its latest step) or one step's directory.
   Paths may be local or remote (gs://...)."""
   path = epath.Path(_abs(path))
   if not path.is_dir():
     raise UserError(f"checkpoint not found: {path} does not exist")
-  if re.fullmatch(r"\d+", path.name) and (path / META).is_dir():
+  if _complete(path):
     return str(path.parent), int(path.name)
-  steps = [int(d.name) for d in path.iterdir() if re.fullmatch(r"\d+", d.name) and (d / META).is_dir()]
+  steps = [int(d.name) for d in path.iterdir() if _complete(d)]
   if not steps:
     raise UserError(f"{path} holds no flan-jax checkpoint (no <step>/meta directory)")
   return str(path), max(steps)

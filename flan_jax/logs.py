@@ -1,6 +1,8 @@
 """Training output: a console line every few seconds, TensorBoard scalars, train_log.jsonl, a loss-curve PNG."""
 
 import json
+import shutil
+import tempfile
 import time
 
 import jax
@@ -17,24 +19,65 @@ def format_metrics(step: int, metrics: dict) -> str:
 class MetricWriter:
   """TensorBoard event files in MODEL_DIR and a JSON line per write (process 0 only).
 
-  The log is rewritten whole on each write (object stores such as gs:// cannot append); it stays small.
+  The JSON log is appended to, never rewritten. Object stores (gs://) cannot append: there the log is written
+  in parts of at most PART_LINES lines (train_log.jsonl, train_log.00001.jsonl, ...), only the last part is
+  rewritten, and TensorBoard events are written to a local staging folder and copied up every UPLOAD_SECONDS
+  and at the end (TensorFlow's own GCS client cannot be pointed at another endpoint).
   """
+  PART_LINES = 100
+  UPLOAD_SECONDS = 60.0
 
   def __init__(self, model_dir: str):
     self.lead = jax.process_index() == 0
-    self.tb = metric_writers.create_default_writer(model_dir, just_logging=not self.lead, asynchronous=False)
-    self.path = epath.Path(model_dir) / LOG_FILE
-    self.lines = self.path.read_text().splitlines(keepends=True) if self.lead and self.path.exists() else []
+    self.model_dir = epath.Path(model_dir)
+    self.remote = "://" in str(model_dir)
+    self.staging = tempfile.mkdtemp(prefix="flan-jax-events-") if self.remote and self.lead else None
+    self.tb = metric_writers.create_default_writer(self.staging or model_dir, just_logging=not self.lead,
+                                                   asynchronous=False)
+    self.uploaded = time.time()
+    self.part = len(_log_parts(self.model_dir)) if self.lead and self.remote else 0
+    self.part_lines = []
 
   def write(self, step: int, scalars: dict) -> None:
     self.tb.write_scalars(step, scalars)
-    if self.lead:
-      self.lines.append(json.dumps({"step": step, **scalars}) + "\n")
-      self.path.write_text("".join(self.lines))
+    if not self.lead:
+      return
+    line = json.dumps({"step": step, **scalars}) + "\n"
+    if not self.remote:
+      with (self.model_dir / LOG_FILE).open("a") as f:
+        f.write(line)
+      return
+    if len(self.part_lines) == self.PART_LINES:
+      self.part, self.part_lines = self.part + 1, []
+    self.part_lines.append(line)
+    (self.model_dir / _part_name(self.part)).write_text("".join(self.part_lines))
+    if time.time() - self.uploaded >= self.UPLOAD_SECONDS:
+      self._upload_events()
+
+  def _upload_events(self) -> None:
+    self.tb.flush()
+    for path in epath.Path(self.staging).iterdir():
+      (self.model_dir / path.name).write_bytes(path.read_bytes())
+    self.uploaded = time.time()
 
   def close(self) -> None:
     self.tb.flush()
     self.tb.close()
+    if self.staging:
+      self._upload_events()
+      shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _part_name(index: int) -> str:
+  return LOG_FILE if index == 0 else LOG_FILE.replace(".jsonl", f".{index:05d}.jsonl")
+
+
+def _log_parts(model_dir: epath.Path) -> list[epath.Path]:
+  """train_log.jsonl and its further parts, in order."""
+  parts = []
+  while (model_dir / _part_name(len(parts))).is_file():
+    parts.append(model_dir / _part_name(len(parts)))
+  return parts
 
 
 class Progress:
@@ -100,11 +143,8 @@ def duration(seconds: float) -> str:
 
 def read_log(model_dir: str) -> list[dict]:
   """Logged rows, the last one per (step, kind) winning: a resumed run rewrites steps after its checkpoint."""
-  path = epath.Path(model_dir) / LOG_FILE
-  if not path.is_file():
-    return []
   rows = {}
-  for line in path.read_text().splitlines():
+  for line in (line for part in _log_parts(epath.Path(model_dir)) for line in part.read_text().splitlines()):
     row = json.loads(line)
     rows[(row["step"], tuple(sorted(k for k in row if k != "step")))] = row
   return [rows[k] for k in sorted(rows)]

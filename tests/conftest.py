@@ -22,3 +22,34 @@ def shared_data():
       pytest.fail(message)  # in CI the data is always beside the clone: a skip would hide a broken setup
     pytest.skip(message)
   return os.path.abspath(SHARED_DATA)
+
+
+GCS_ENV = {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "GOOGLE_AUTH_TOKEN_FOR_TESTING": "dummy",
+           "EPATH_USE_TF": "false", "GOOGLE_CLOUD_PROJECT": "test"}
+
+
+@pytest.fixture(scope="session")
+def gcs():
+  """A GCS server on 127.0.0.1 (tests/gcs_server.py; it stops itself after 30 minutes) with a bucket
+  `flan-jax-test`, and the environment that points google-cloud-storage, gcsfs (so etils.epath) and
+  tensorstore (so orbax) at it. Yields the environment, for subprocesses."""
+  import socket
+  import subprocess
+  import sys
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  proc = subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "gcs_server.py"), str(port), "1800"],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  try:
+    assert proc.stdout.readline().strip() == "ready"
+    url = f"http://127.0.0.1:{port}"
+    env = {**GCS_ENV, "STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url}
+    os.environ.update(env)
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+    storage.Client(project="test", credentials=AnonymousCredentials()).create_bucket("flan-jax-test")
+    yield env
+  finally:
+    proc.kill()
+    proc.wait()

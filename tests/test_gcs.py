@@ -1,0 +1,125 @@
+"""MODEL_DIR, checkpoints, logs and imports on gs://, against a GCS server on 127.0.0.1 (the `gcs` fixture) with
+the real clients: orbax/tensorstore for arrays, etils.epath over gcsfs for everything else."""
+
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+from etils import epath
+
+from flan_jax import checkpoints, cli, logs
+from test_train import _wait_for, run_in_process, run_subprocess, train_losses
+
+BUCKET = "gs://flan-jax-test"
+
+
+def _steps(ckpt_dir):
+  return sorted(int(p.name) for p in epath.Path(ckpt_dir).iterdir() if p.name.isdigit())
+
+
+def _wait_for_gcs(path, proc, timeout=300):
+  import time
+  start = time.time()
+  while not epath.Path(path).exists():
+    assert proc.poll() is None, f"training exited early:\n{proc.stdout.read()}"
+    assert time.time() - start < timeout, f"{path} never appeared"
+    time.sleep(0.5)
+
+
+def test_train_on_gcs_resumes_exactly_keeps_k_and_writes_its_logs(gcs, tmp_path):
+  local, remote = str(tmp_path / "local"), f"{BUCKET}/run"
+  common = ["--gin.train.checkpoint_period=2", "--gin.train.keep_checkpoints=2", "--gin.DROPOUT_RATE=0.1",
+            "--gin.EVAL_TASKS=['demo_sort']", "--gin.EVAL_PERIOD=2", "--gin.train.eval_max_examples=8",
+            "--gin.train.best_metric='eval/demo_sort/accuracy'"]
+  run_in_process(local, 6, *common)
+
+  proc = run_subprocess(remote, 500, *common, env=gcs, wait=False)  # killed mid-run, as a preempted VM
+  _wait_for_gcs(f"{remote}/checkpoints/4/commit_success.txt", proc)  # committed (no atomic rename on GCS)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  root, step, _ = checkpoints.read_meta(f"{remote}/checkpoints")
+  assert root == f"{remote}/checkpoints" and step >= 4
+  for later in _steps(root):  # killed after step 4: resume from 4 to compare with the local run step for step
+    if later > 4:
+      epath.Path(root, str(later)).rmtree()
+  lines = run_in_process(remote, 6, *common)
+  assert f"resumed from {remote}/checkpoints/4" in lines
+  assert "restored the input position at step 4" in lines
+  assert _steps(f"{remote}/checkpoints") == [4, 6]  # keep 2
+  ours, theirs = checkpoints.restore(f"{remote}/checkpoints")[0], checkpoints.restore(f"{local}/checkpoints")[0]
+  assert max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+             for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs))) <= 1e-6
+  a, b = train_losses(local), train_losses(remote)
+  assert sorted(b) == [1, 2, 3, 4, 5, 6] and all(abs(a[s] - b[s]) <= 1e-6 for s in (5, 6))
+  assert len(_steps(f"{remote}/best")) == 1
+  assert epath.Path(remote, "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+  assert any(p.name.startswith("events.out.tfevents") for p in epath.Path(remote).iterdir())
+
+  # infer, eval and export-hf read the gs:// checkpoint; INITIAL_CHECKPOINT_PATH may be one.
+  (tmp_path / "in.jsonl").write_text(json.dumps({"inputs": "sort: 3 1 2"}) + "\n")
+  assert cli.main(["infer", "--checkpoint", f"{remote}/checkpoints", "--input", str(tmp_path / "in.jsonl"),
+                   "--output", str(tmp_path / "out.jsonl"), "--max_decode_length", "8"]) == 0
+  assert "prediction" in json.loads((tmp_path / "out.jsonl").read_text())
+  assert cli.main(["eval", "--checkpoint", f"{remote}/checkpoints", "--tasks", "demo_sort", "--max_examples", "4",
+                   "--max_decode_length", "8", "--output", str(tmp_path / "eval.json")]) == 0
+  assert cli.main(["export-hf", "--checkpoint", f"{remote}/checkpoints", "--out", str(tmp_path / "hf")]) == 0
+  lines = run_in_process(str(tmp_path / "from_gcs"), 1, f"--gin.INITIAL_CHECKPOINT_PATH='{remote}/checkpoints/6'")
+  assert f"initialised from {remote}/checkpoints/6" in lines
+
+
+def test_import_t5x_and_missing_objects_on_gcs(gcs, shared_data, tmp_path, capsys):
+  source = os.path.join(shared_data, "t5x", "tiny_t5_1_1", "model", "checkpoint_3")
+  remote = epath.Path(f"{BUCKET}/t5x/checkpoint_3")
+  for folder, _, files in os.walk(source):
+    for name in files:
+      with open(os.path.join(folder, name), "rb") as f:
+        (remote / os.path.relpath(os.path.join(folder, name), source)).write_bytes(f.read())
+  out = str(tmp_path / "imported")
+  assert cli.main(["import-t5x", "--checkpoint", str(remote), "--out", out]) == 0
+  from flan_jax.models import T5
+  from flan_jax.partitioning import restore_target
+  config = checkpoints.model_config(checkpoints.read_meta(out)[2])
+  params = checkpoints.restore(out, restore_target(config))[0]
+  ref = np.load(os.path.join(shared_data, "t5x", "tiny_t5_1_1", "reference.npz"))
+  logits = T5(config).apply({"params": params}, ref["encoder_input_tokens"], ref["decoder_input_tokens"],
+                            ref["decoder_target_tokens"])
+  assert np.abs(np.asarray(logits) - ref["logits"]).max() <= 1e-5
+
+  for args, message in [
+      (["infer", "--checkpoint", "gs://no-such-bucket/run/checkpoints", "--input", "x", "--output", "y"],
+       "checkpoint not found"),
+      (["infer", "--checkpoint", f"{BUCKET}/nothing-here", "--input", "x", "--output", "y"], "checkpoint not found"),
+      (["import-t5x", "--checkpoint", f"{BUCKET}/nothing-here", "--out", str(tmp_path / "x")],
+       "is not a T5X checkpoint")]:
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_json_log_appends_instead_of_rewriting(gcs, tmp_path, monkeypatch):
+  """Bytes written for 1,000 log lines (a 10,000-step run logging every 10 steps): each line once locally;
+  on gs:// only the last part of at most 100 lines is rewritten."""
+  written = {"bytes": 0}
+  write_text = epath.Path.write_text
+
+  def counting_write(self, text, *a, **k):
+    written["bytes"] += len(text)
+    return write_text(self, text, *a, **k)
+
+  monkeypatch.setattr(epath.Path, "write_text", counting_write)
+  for model_dir in (str(tmp_path / "run"), f"{BUCKET}/logs"):
+    written["bytes"] = 0
+    writer = logs.MetricWriter(model_dir)
+    line = len(json.dumps({"step": 10000, "train/loss": 1.2345}) + "\n")
+    for step in range(10, 10001, 10):
+      writer.write(step, {"train/loss": 1.2345})
+    writer.close()
+    rows = logs.read_log(model_dir)
+    assert [r["step"] for r in rows] == list(range(10, 10001, 10))
+    if "://" not in model_dir:  # appended: nothing rewritten, each line written once
+      assert written["bytes"] == 0 and os.path.getsize(os.path.join(model_dir, logs.LOG_FILE)) <= 1000 * line
+    else:  # rewriting the whole log each time would be about 500 x 1000 lines
+      assert written["bytes"] <= 51 * 1000 * line
+      assert len(logs._log_parts(epath.Path(model_dir))) == 10
