@@ -142,7 +142,9 @@ class RelativePositionBias(nn.Module):
   bidirectional: bool
 
   @nn.compact
-  def __call__(self, q_len, k_len):
+  def __call__(self, q_len, k_len, query=None):
+    """[1, heads, q_len, k_len]; with `query` (a traced position), only that query's row [1, heads, 1, k_len]:
+    a decode step gathers one row of bucket ids instead of building the whole table."""
     c = self.config
     table = self.param(
         "rel_embedding",
@@ -151,6 +153,8 @@ class RelativePositionBias(nn.Module):
         (c.num_heads, c.relative_attention_num_buckets), jnp.float32)
     buckets = relative_position_buckets(q_len, k_len, self.bidirectional, c.relative_attention_num_buckets,
                                         c.relative_attention_max_distance)
+    if query is not None:
+      buckets = jax.lax.dynamic_slice_in_dim(jnp.asarray(buckets), query, 1, axis=0)
     return table[:, buckets][None]  # [1, heads, q, k]
 
 
@@ -298,9 +302,7 @@ class DecoderLayer(nn.Module):
 
 def decoder_position_bias(relpos, length: int, index=None):
   """[1, heads, q, k] causal position bias; in a decode step (`index`), the row of that position only."""
-  if index is None:
-    return relpos(length, length)
-  return jax.lax.dynamic_slice_in_dim(relpos(length, length), index, 1, axis=2)
+  return relpos(length, length, query=index)
 
 
 def attention_bias(q_valid, k_valid, q_segments=None, k_segments=None, causal=False):
