@@ -42,9 +42,12 @@ def main():
   parser.add_argument("--input_length", type=int, default=64)
   parser.add_argument("--new_tokens", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--tiny", action="store_true", help="a tiny model: checks that the script runs")
   args = parser.parse_args()
   config = dict(SMALL)
-  if shared_data_dir():
+  if args.tiny:
+    config.update(d_model=64, d_ff=128, num_heads=2, d_kv=32, num_layers=2, num_decoder_layers=2)
+  elif shared_data_dir():
     with open(os.path.join(shared_data_dir(), "hf", "flan-t5-small", "config.json")) as f:
       config.update(json.load(f), dropout_rate=0.0)
   torch.manual_seed(0)

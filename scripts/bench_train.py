@@ -21,6 +21,7 @@ import numpy as np
 SMALL = dict(model_type="t5", vocab_size=32128, d_model=512, d_ff=1024, num_heads=6, d_kv=64, num_layers=8,
              num_decoder_layers=8, feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
              decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+TINY = dict(d_model=64, d_ff=128, num_heads=2, d_kv=32, num_layers=2, num_decoder_layers=2)  # --tiny: the test
 
 
 def batch(batch_size, inputs, targets, seed=0):
@@ -141,7 +142,10 @@ def main():
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--child", nargs=2, metavar=("FRAMEWORK", "SHAPE"), help=argparse.SUPPRESS)
+  parser.add_argument("--tiny", action="store_true", help="a tiny model: checks that the script runs")
   args = parser.parse_args()
+  if args.tiny:
+    SMALL.update(TINY)
   if args.child:
     return child(args.child[0], args.child[1], args.batch, args.steps)
   print(f"Flan-T5-small shape, batch {args.batch}, float32, median of {args.steps} steps after a warm-up step; "
@@ -153,7 +157,7 @@ def main():
     results = {}
     for framework in ("jax", "torch"):
       out = subprocess.run([sys.executable, __file__, "--child", framework, shape, "--batch", str(args.batch),
-                            "--steps", str(args.steps)], capture_output=True, text=True, env={**os.environ,
+                            "--steps", str(args.steps)] + (["--tiny"] if args.tiny else []), capture_output=True, text=True, env={**os.environ,
                             "TF_CPP_MIN_LOG_LEVEL": "3"})
       line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
       if not line:
