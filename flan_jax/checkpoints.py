@@ -68,7 +68,10 @@ def manager(directory: str, max_to_keep: int | None = None, best_metric: str | N
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=create, enable_async_checkpointing=async_save,
       best_fn=(lambda metrics: metrics[best_metric]) if best_metric else None,
-      best_mode=best_mode, keep_checkpoints_without_metrics=True)
+      best_mode=best_mode, keep_checkpoints_without_metrics=True,
+      # A step left half-written by a kill (orbax's temporary folder; on gs://, a step without its commit
+      # marker) is removed when the next run opens the folder.
+      cleanup_tmp_directories=create)
   # One tensorstore array per parameter instead of OCDBT's merged store: half the CPU time per save (0.5 vs
   # 1.2 s for 77M float32 parameters here), which a 2-core host pays while the step runs; restore reads both.
   arrays = lambda: ocp.StandardCheckpointHandler(use_ocdbt=False)

@@ -36,14 +36,14 @@ def config_from_hf(hf: dict) -> T5Config:
   # transformers 4 writes tie_word_embeddings=false for untied T5; transformers 5 writes scale_decoder_outputs.
   tied = hf.get("tie_word_embeddings", True) is not False and hf.get("scale_decoder_outputs", True) is not False
   try:
-    return T5Config(
+    return T5Config.from_dict(dict(
         vocab_size=hf["vocab_size"], d_model=hf["d_model"], d_ff=hf["d_ff"], num_heads=hf["num_heads"],
         d_kv=hf["d_kv"], num_encoder_layers=hf["num_layers"],
         num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"],
         mlp_activations=HF_ACTIVATIONS[proj], tie_embeddings=tied,
         relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
         relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
-        dropout_rate=hf.get("dropout_rate", 0.1), layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6))
+        dropout_rate=hf.get("dropout_rate", 0.1), layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6)))
   except KeyError as e:
     raise UserError(f"T5 config.json lacks the key {e.args[0]!r}") from e
 

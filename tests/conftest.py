@@ -9,9 +9,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # compiler for TPU topologies, and this process and its subprocesses may all load it.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+# etils.epath picks its gs:// backend once: gcsfs (which the `gcs` fixture points at a local server), not
+# TensorFlow's GCS client, which has no endpoint setting.
+os.environ.setdefault("EPATH_USE_TF", "false")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.environ.get("FLAN_JAX_SHARED_DATA") or os.path.join(REPO, "..", "shared", "data")
+
+
+@pytest.fixture(autouse=True)
+def _clean_gin():
+  """Each test starts without the gin bindings an earlier one parsed (T5Config is gin-configurable)."""
+  yield
+  import gin
+  gin.clear_config()
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +36,7 @@ def shared_data():
 
 
 GCS_ENV = {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "GOOGLE_AUTH_TOKEN_FOR_TESTING": "dummy",
-           "EPATH_USE_TF": "false", "GOOGLE_CLOUD_PROJECT": "test"}
+           "EPATH_USE_TF": "false", "GOOGLE_CLOUD_PROJECT": "test"}  # EPATH_USE_TF for subprocesses
 
 
 @pytest.fixture(scope="session")

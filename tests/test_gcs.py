@@ -16,7 +16,9 @@ BUCKET = "gs://flan-jax-test"
 
 
 def _steps(ckpt_dir):
-  return sorted(int(p.name) for p in epath.Path(ckpt_dir).iterdir() if p.name.isdigit())
+  """Committed steps: on GCS a step folder is complete once orbax's commit marker is in it."""
+  return sorted(int(p.name) for p in epath.Path(ckpt_dir).iterdir()
+                if p.name.isdigit() and (p / "commit_success.txt").exists())
 
 
 def _wait_for_gcs(path, proc, timeout=300):
@@ -31,7 +33,7 @@ def _wait_for_gcs(path, proc, timeout=300):
 def test_train_on_gcs_resumes_exactly_keeps_k_and_writes_its_logs(gcs, tmp_path):
   local, remote = str(tmp_path / "local"), f"{BUCKET}/run"
   common = ["--gin.train.checkpoint_period=2", "--gin.train.keep_checkpoints=2", "--gin.DROPOUT_RATE=0.1",
-            "--gin.EVAL_TASKS=['demo_sort']", "--gin.EVAL_PERIOD=2", "--gin.train.eval_max_examples=8",
+            "--gin.EVAL_TASKS=['demo_sort']", "--gin.EVAL_PERIOD=6", "--gin.train.eval_max_examples=4",
             "--gin.train.best_metric='eval/demo_sort/accuracy'"]
   run_in_process(local, 6, *common)
 
@@ -41,13 +43,15 @@ def test_train_on_gcs_resumes_exactly_keeps_k_and_writes_its_logs(gcs, tmp_path)
   proc.wait()
   root, step, _ = checkpoints.read_meta(f"{remote}/checkpoints")
   assert root == f"{remote}/checkpoints" and step >= 4
-  for later in _steps(root):  # killed after step 4: resume from 4 to compare with the local run step for step
-    if later > 4:
-      epath.Path(root, str(later)).rmtree()
+  for folder in (root, f"{remote}/best"):  # killed after step 4: resume from 4, as the local run went on
+    for later in epath.Path(folder).iterdir():
+      if later.name.isdigit() and int(later.name) > 4:
+        later.rmtree()
   lines = run_in_process(remote, 6, *common)
   assert f"resumed from {remote}/checkpoints/4" in lines
   assert "restored the input position at step 4" in lines
   assert _steps(f"{remote}/checkpoints") == [4, 6]  # keep 2
+  assert sorted(p.name for p in epath.Path(remote, "checkpoints").iterdir() if p.name[0].isdigit()) == ["4", "6"]
   ours, theirs = checkpoints.restore(f"{remote}/checkpoints")[0], checkpoints.restore(f"{local}/checkpoints")[0]
   assert max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
              for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs))) <= 1e-6

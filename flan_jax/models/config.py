@@ -81,11 +81,12 @@ class T5Config:
 
   @classmethod
   def from_dict(cls, d: dict) -> "T5Config":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
+    """Exactly `d`, the defaults for fields it lacks (an older checkpoint's), and nothing from gin."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(defaults))
     if unknown:
       raise UserError(f"unknown T5Config fields {unknown} (a checkpoint from a newer flan-jax?)")
-    return cls(**d)
+    return cls(**{**defaults, **d})
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict(), indent=2, sort_keys=True)
