@@ -48,14 +48,25 @@ def make_mesh(data_parallel: int = -1, model_parallel: int = 1, minor_axis: str 
   return Mesh(grid, ("data", "model"))
 
 
+@gin.configurable
+def logical_axis_rules(parameters_over_data: bool = False) -> tuple:
+  """t5x's standard rules; with `parameters_over_data`, also the parameters' embed axis over 'data' (t5x's 2-D
+  parameter partitioning, FSDP-like): each chip keeps 1/(data x model) of the weights and optimizer state and
+  XLA gathers them where they are used. An activation's embed axis stays unsharded: its batch holds 'data'
+  already, and flax then takes the next rule for embed."""
+  if not parameters_over_data:
+    return LOGICAL_AXIS_RULES
+  return (("batch", "data"), ("embed", "data")) + LOGICAL_AXIS_RULES[1:]
+
+
 def axis_rules():
   """Context in which the model's logical constraints resolve to mesh axes."""
-  return nn.logical_axis_rules(LOGICAL_AXIS_RULES)
+  return nn.logical_axis_rules(logical_axis_rules())
 
 
 def param_specs(boxed_abstract):
   """Mesh PartitionSpecs of a tree of LogicallyPartitioned abstract values (from jax.eval_shape of init)."""
-  return nn.logical_to_mesh(nn.get_partition_spec(boxed_abstract), LOGICAL_AXIS_RULES)
+  return nn.logical_to_mesh(nn.get_partition_spec(boxed_abstract), logical_axis_rules())
 
 
 def param_shardings(boxed_abstract, mesh: Mesh):

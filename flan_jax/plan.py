@@ -84,6 +84,7 @@ class Plan:
   model: int
   remat: bool
   microbatches: int
+  parameters_over_data: bool = False  # t5x's 2-D parameter partitioning (partitioning.logical_axis_rules)
   chips: int = 0
   hosts: int = 0
   arguments: int = 0     # bytes per chip: parameters, optimizer state, the batch
@@ -99,7 +100,8 @@ class Plan:
 
   def lines(self, batch_size: int) -> list[str]:
     head = (f"{self.topology.name}: {self.chips} chips, {self.hosts} hosts x {self.chips // max(self.hosts, 1)}; "
-            f"mesh data={self.data} x model={self.model}, remat={self.remat}, microbatches={self.microbatches}; "
+            f"mesh data={self.data} x model={self.model}, remat={self.remat}, microbatches={self.microbatches}"
+            f"{', parameters over data' if self.parameters_over_data else ''}; "
             f"{batch_size // self.hosts if self.hosts else '?'} rows per host")
     if self.error:
       return [head, f"  does not fit: {self.error}"]
@@ -127,7 +129,8 @@ def compile_step(config, tx, devices, topology: Topology, data: int, model: int,
   """Compile the train step for data x model of `devices`; memory and FLOPs per chip, or the compiler's error."""
   chips = len(devices)
   plan = Plan(topology, data, model, config.remat, microbatches, chips=chips,
-              hosts=len({d.process_index for d in devices}))
+              hosts=len({d.process_index for d in devices}),
+              parameters_over_data=partitioning.logical_axis_rules() != partitioning.LOGICAL_AXIS_RULES)
   if data * model != chips:
     plan.error = f"data x model = {data * model} is not the {chips} chips"
     return plan
@@ -241,13 +244,13 @@ def model_config():
 
 
 def candidates(chips: int, batch_size: int):
-  """(model ways, remat, microbatches) in the order auto tries them: fewest model ways, no remat, fewest
-  microbatches first."""
+  """(model ways, remat, parameters over data, microbatches) in the order auto tries them: fewest model ways,
+  no remat, parameters only over 'model', fewest microbatches first."""
   ways = [m for m in range(1, chips + 1) if chips % m == 0]
-  for model, remat, micro in itertools.product(ways, (False, True), (1, 2, 4, 8)):
+  for model, remat, over_data, micro in itertools.product(ways, (False, True), (False, True), (1, 2, 4, 8)):
     data = chips // model
     if batch_size % (data * micro) == 0:
-      yield model, remat, micro
+      yield model, remat, over_data, micro
 
 
 def plan(topology_names: list[str], auto: bool = False, log_fn=print) -> list[Plan]:
@@ -267,14 +270,17 @@ def plan(topology_names: list[str], auto: bool = False, log_fn=print) -> list[Pl
       result = compile_for(data, model, config, settings["num_microbatches"])
     else:
       result = None
-      for model, remat, micro in candidates(len(devices), settings["batch_size"]):
+      for model, remat, over_data, micro in candidates(len(devices), settings["batch_size"]):
+        gin.bind_parameter("logical_axis_rules.parameters_over_data", over_data)
         tried = compile_for(len(devices) // model, model, dataclasses.replace(config, remat=remat), micro)
-        log_fn(f"  tried data={tried.data} x model={model}, remat={remat}, microbatches={micro}: " +
+        log_fn(f"  tried data={tried.data} x model={model}, remat={remat}, parameters over data={over_data}, "
+               f"microbatches={micro}: " +
                (f"{tried.total / GIB:.2f} GiB" if tried.error is None else "does not fit"))
         if tried.error is None and tried.total <= 0.75 * topology.hbm_gib * GIB:
           result = tried
           break
         result = result or tried
+      gin.bind_parameter("logical_axis_rules.parameters_over_data", result.parameters_over_data)
     for line in result.lines(settings["batch_size"]):
       log_fn(line)
     results.append(result)

@@ -13,6 +13,7 @@ import pytest
 from flan_jax import partitioning, plan, trainer
 from flan_jax.errors import UserError
 from flan_jax.models import T5Config
+from flan_jax.models.t5 import abstract_variables
 from flan_jax.optim import adafactor
 
 # Dimensions that are multiples of 128, so TPU tile padding adds next to nothing to the per-chip sizes.
@@ -150,3 +151,21 @@ def test_bfloat16_and_remat_match_float32_and_compile_for_tpu():
   result = plan.compile_step(tpu, adafactor(), plan.topology_devices("v4-8"), plan.TOPOLOGIES["v4-8"], 4, 1,
                              batch_size=32, lengths=LENGTHS)
   assert result.error is None and result.fits
+
+
+def test_parameters_over_data_shard_weights_and_optimizer_state_over_both_axes():
+  """t5x's 2-D parameter partitioning: each chip holds about 1/(data x model) of the state, not 1/model."""
+  import gin
+  devices = plan.topology_devices("v5e-16")
+  args = {}
+  for over_data in (False, True):
+    gin.bind_parameter("logical_axis_rules.parameters_over_data", over_data)
+    result = plan.compile_step(TINY, adafactor(), devices, plan.TOPOLOGIES["v5e-16"], 4, 4, batch_size=32,
+                               lengths=LENGTHS)
+    assert result.error is None and result.fits and result.parameters_over_data == over_data
+    args[over_data] = result.arguments
+  assert "parameters over data" in result.lines(32)[0]
+  weights = 4 * sum(x.size for x in jax.tree.leaves(abstract_variables(TINY)["params"]))
+  assert args[False] - args[True] > 0.5 * weights / 4  # most of the quarter of the weights a chip held is gone
+  specs = partitioning.param_specs(abstract_variables(TINY)["params"])
+  assert specs["encoder"]["layers_0"]["attention"]["query"]["kernel"] == jax.sharding.PartitionSpec("data", "model")
