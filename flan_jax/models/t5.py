@@ -186,10 +186,19 @@ def _attend_bwd(residuals, d_out):
   d_logits = probs.astype(jnp.float32) * (d_dropped * keep - row)
   d_q = jnp.einsum("bhqk,bhkd->bhqd", d_logits.astype(q.dtype), k)
   d_k = jnp.einsum("bhqk,bhqd->bhkd", d_logits.astype(q.dtype), q)
-  summed = tuple(range(d_logits.ndim - position_bias.ndim)) + tuple(
-      d_logits.ndim - position_bias.ndim + i for i, n in enumerate(position_bias.shape) if n == 1)
-  d_bias = jnp.sum(d_logits, axis=summed).reshape(position_bias.shape)
+  d_bias = _sum_to_shape(d_logits, position_bias.shape)
   return d_q, d_k, d_v, jnp.zeros_like(mask), d_bias, jnp.zeros_like(keep)
+
+
+def _sum_to_shape(x, shape):
+  """x summed over the axes `shape` broadcasts (a scalar: all). The batch axis is added up slice by slice:
+  XLA's CPU reduction over a leading axis of [batch, heads, q, k] costs several passes over it."""
+  if not shape:
+    return jnp.sum(x)
+  if shape[0] == 1 and x.shape[0] > 1:
+    x = functools.reduce(operator.add, [x[i:i + 1] for i in range(x.shape[0])])
+  axes = tuple(i for i, n in enumerate(shape) if n == 1 and x.shape[i] != 1)
+  return jnp.sum(x, axis=axes, keepdims=True) if axes else x
 
 
 attend.defvjp(_attend_fwd, _attend_bwd)
