@@ -191,12 +191,13 @@ def _attend_bwd(residuals, d_out):
 
 
 def _sum_to_shape(x, shape):
-  """x summed over the axes `shape` broadcasts (a scalar: all). The batch axis is added up slice by slice:
-  XLA's CPU reduction over a leading axis of [batch, heads, q, k] costs several passes over it."""
+  """x summed over the axes `shape` broadcasts (a scalar: all). The batch axis is contracted with a vector of
+  ones: XLA's CPU backend runs that dot about twice as fast as its reduction over a leading axis of
+  [batch, heads, q, k], and on a mesh it is the same local sum plus all-reduce over 'data'."""
   if not shape:
     return jnp.sum(x)
   if shape[0] == 1 and x.shape[0] > 1:
-    x = functools.reduce(operator.add, [x[i:i + 1] for i in range(x.shape[0])])
+    x = jnp.einsum("b...,b->...", x, jnp.ones((x.shape[0],), x.dtype))[None]
   axes = tuple(i for i, n in enumerate(shape) if n == 1 and x.shape[i] != 1)
   return jnp.sum(x, axis=axes, keepdims=True) if axes else x
 
