@@ -15,7 +15,7 @@ import numpy as np
 from flax import traverse_util
 from safetensors.numpy import load_file
 
-from flan_jax import checkpoints, partitioning
+from flan_jax import checkpoints, partitioning, t5x
 from flan_jax.errors import UserError
 from flan_jax.models import T5Config
 from flan_jax.models.t5 import PEFT_NAMES, lora_scale
@@ -31,8 +31,10 @@ def split(params: dict) -> tuple[dict, dict]:
   return pick(True), pick(False)
 
 
-def combine(base: dict, adapters: dict) -> dict:
-  """The full parameter tree from the frozen base and the adapters."""
+def combine(base: dict | None, adapters: dict) -> dict:
+  """The full parameter tree from the frozen base and the adapters (without a base: the parameters as given)."""
+  if base is None:
+    return adapters
   return traverse_util.unflatten_dict({**traverse_util.flatten_dict(base), **traverse_util.flatten_dict(adapters)})
 
 
@@ -56,7 +58,6 @@ def load_params(root: str, step: int, meta: dict, config: T5Config, mesh=None) -
   base_path = meta.get("lora_base")
   if not base_path:
     raise UserError(f"LoRA checkpoint {root}/{step} names no base (meta lora_base)")
-  from flan_jax import t5x
   adapters = checkpoints.restore(os.path.join(root, str(step)), adapters_target)[0]
   return combine(t5x.restore_params(base_path, base_target), adapters)
 

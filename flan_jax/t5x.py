@@ -205,6 +205,8 @@ def read_opt_state(ckpt_dir: str, tree: dict, params: dict, tx):
   t5x_states = _flat(state["param_states"])
   opt_state = tx.init(params)  # factored: small beside the parameters
   factored = opt_state[0]
+  ours_shape = {slot: {k: v.shape for k, v in traverse_util.flatten_dict(getattr(factored, slot), sep="/").items()}
+                for slot in ("v_row", "v_col", "v")}
   converted = {"v_row": {}, "v_col": {}, "v": {}}
   for name, param in traverse_util.flatten_dict(params, sep="/").items():
     get = lambda slot: read_array(ckpt_dir, t5x_states[f"{name}/{slot}"], f"state/param_states/{name}/{slot}") \
@@ -214,26 +216,25 @@ def read_opt_state(ckpt_dir: str, tree: dict, params: dict, tx):
                       "state cannot be continued exactly")
     v_row, v_col, v = get("v_row"), get("v_col"), get("v")
     theirs = v_row.shape != (1,)
-    ours = _leaf(factored.v_row, name).shape != (1,)
+    ours = ours_shape["v_row"][name] != (1,)
     if theirs != ours:
       raise UserError(f"t5x {'factored' if theirs else 'did not factor'} the second moment of {name} "
                       f"{param.shape}, flan-jax's Adafactor would {'not' if theirs else ''} factor it: set "
                       f"--gin.adafactor.min_dim_size_to_factor to the t5x run's min_dim_size_to_factor")
     for slot, value in (("v_row", v_row), ("v_col", v_col), ("v", v)):
-      if value.shape != _leaf(getattr(factored, slot), name).shape:
+      if value.shape != ours_shape[slot][name]:
         raise UserError(f"T5X Adafactor state {name}/{slot} has shape {value.shape}; flan-jax's needs "
-                        f"{_leaf(getattr(factored, slot), name).shape}")
+                        f"{ours_shape[slot][name]}")
       converted[slot][name] = np.asarray(value, np.float32)
-  step = int(np.asarray(read_array(ckpt_dir, state.get("step", 0), "state/step")))
   unflat = lambda d: traverse_util.unflatten_dict(d, sep="/")
-  first = factored._replace(count=np.asarray(step, np.int32), **{k: unflat(v) for k, v in converted.items()})
-  return (first,) + tuple(opt_state[1:]), step
+  first = factored._replace(count=np.asarray(read_step(ckpt_dir, tree), np.int32),
+                            **{k: unflat(v) for k, v in converted.items()})
+  return (first,) + tuple(opt_state[1:])
 
 
-def _leaf(tree, name: str):
-  for key in name.split("/"):
-    tree = tree[key]
-  return tree
+def read_step(ckpt_dir: str, tree: dict) -> int:
+  """The T5X train state's step (0 when the checkpoint holds no state)."""
+  return int(np.asarray(read_array(ckpt_dir, (tree.get("state") or {}).get("step", 0), "state/step")))
 
 
 def _not_adafactor(name):
@@ -264,9 +265,8 @@ def import_t5x(ckpt_dir: str, out_dir: str, vocabulary: str | None = None,
     check_fits(spm, config.vocab_size)
     meta.update(vocabulary=os.path.abspath(vocabulary), vocabulary_fingerprint=fingerprint(spm))
   params = read_params(ckpt_dir, restore_target(config), tree)
-  opt_state, step = None, int(np.asarray(read_array(ckpt_dir, (tree.get("state") or {}).get("step", 0), "step")))
-  if with_optimizer_state:
-    opt_state, step = read_opt_state(ckpt_dir, tree, params, optim.adafactor())
+  step = read_step(ckpt_dir, tree)
+  opt_state = read_opt_state(ckpt_dir, tree, params, optim.adafactor()) if with_optimizer_state else None
   with checkpoints.atomic_dir(out_dir) as tmp:
     if vocabulary:
       shutil.copyfile(vocabulary, os.path.join(tmp, checkpoints.VOCAB_FILE))
@@ -314,6 +314,7 @@ def export_t5x(checkpoint: str, out_dir: str, with_optimizer_state: bool = False
                               jax.eval_shape(tx.init, abstract_params)) if with_optimizer_state else None
   params, opt_state, _, step = checkpoints.restore(os.path.join(root, str(step)), abstract_params, abstract_opt)
   factored = (opt_state or tx.init(params))[0]
+  slots_of = {slot: traverse_util.flatten_dict(getattr(factored, slot), sep="/") for slot in ("v_row", "v_col", "v")}
   final = os.path.join(os.path.abspath(out_dir), f"checkpoint_{step}")
   checkpoints.check_new_dir(final)
   flat = traverse_util.flatten_dict(params, sep="/")
@@ -321,7 +322,7 @@ def export_t5x(checkpoint: str, out_dir: str, with_optimizer_state: bool = False
     target, states = {}, {}
     for name, value in flat.items():
       target[name] = _write_array(tmp, f"target/{name}", np.asarray(value))
-      slots = {slot: np.asarray(_leaf(getattr(factored, slot), name), np.float32) for slot in ("v_row", "v_col", "v")}
+      slots = {slot: np.asarray(by_name[name], np.float32) for slot, by_name in slots_of.items()}
       v = slots.pop("v")
       states[name] = {"m": np.zeros((1,), np.float32), **slots,
                       "v": v if v.shape == (1,) else _write_array(tmp, f"state/param_states/{name}/v", v)}

@@ -94,10 +94,6 @@ def _check_settings(s: dict) -> None:
   need(not path or "://" in path or os.path.exists(path), f"INITIAL_CHECKPOINT_PATH {path} does not exist")
 
 
-def _abs(path: str) -> str:
-  return path if "://" in path else os.path.abspath(path)
-
-
 def _initial_meta(path: str):
   """(root, step, meta) of INITIAL_CHECKPOINT_PATH: a flan-jax checkpoint, or a T5X one (config from shapes)."""
   if t5x.is_t5x_checkpoint(path):
@@ -189,7 +185,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
                if _get(state.full_params(), path) is not None))
 
     meta = {"model_config": config.to_dict(), "vocabulary": _vocab_path(vocabulary),
-            "vocabulary_fingerprint": vocab_id, **({"lora_base": _abs(lora_base)} if lora_base else {}),
+            "vocabulary_fingerprint": vocab_id, **({"lora_base": checkpoints.absolute(lora_base)} if lora_base else {}),
             "data": {"mixture_or_task_name": mixture_or_task_name, "task_feature_lengths": dict(task_feature_lengths),
                      "batch_size": batch_size, "random_seed": random_seed, "pack": pack, "shuffle": shuffle,
                      "shards": [layout.shard_index, layout.num_shards], "processes": jax.process_count()}}

@@ -32,7 +32,7 @@ class TrainState:
   frozen: Any = None
 
   def full_params(self):
-    return self.params if self.frozen is None else lora.combine(self.frozen, self.params)
+    return lora.combine(self.frozen, self.params)
 
 
 def batch_metrics(config: T5Config, params, batch, z_loss: float, dropout_rng=None):
@@ -62,8 +62,8 @@ def make_train_step(config: T5Config, tx: optax.GradientTransformation, z_loss: 
                     loss_normalizing_factor: float | None = None, num_microbatches: int = 1):
   """train_step(state, batch, dropout_key) -> (state, metrics)."""
   # Gradients for the trained parameters only; LoRA's frozen base is an input.
-  grad_fn = jax.grad(lambda p, frozen, b, rng: batch_metrics(
-      config, p if frozen is None else lora.combine(frozen, p), b, z_loss, rng), has_aux=True)
+  grad_fn = jax.grad(lambda p, frozen, b, rng: batch_metrics(config, lora.combine(frozen, p), b, z_loss, rng),
+                     has_aux=True)
 
   def train_step(state: TrainState, batch: dict, dropout_key):
     rng = jax.random.fold_in(dropout_key, state.step)

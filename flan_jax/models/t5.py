@@ -299,7 +299,8 @@ class DecoderLayer(nn.Module):
     drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=self.deterministic)
     if position_bias is None:
       relpos = RelativePositionBias(c, bidirectional=False, name="relpos_bias")
-      position_bias = decoder_position_bias(relpos, self_mask.shape[-1], index if decode == "step" else None)
+      length = self_mask.shape[-1]
+      position_bias = relpos(length, length, query=index if decode == "step" else None)
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_self_attention_layer_norm")(x)
     x = x + drop(Attention(c, self.deterministic, name="self_attention")(h, h, self_mask, position_bias, decode, index))
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_cross_attention_layer_norm")(x)
@@ -308,11 +309,6 @@ class DecoderLayer(nn.Module):
     h = RMSNorm(c.layer_norm_epsilon, c.dtype, name="pre_mlp_layer_norm")(x)
     x = x + drop(MLP(c, self.deterministic, name="mlp")(h))
     return constrain(x, ("batch", "length", "embed"))
-
-
-def decoder_position_bias(relpos, length: int, index=None):
-  """[1, heads, q, k] causal position bias; in a decode step (`index`), the row of that position only."""
-  return relpos(length, length, query=index)
 
 
 def attention_bias(q_valid, k_valid, q_segments=None, k_segments=None, causal=False):
@@ -367,7 +363,7 @@ class Decoder(nn.Module):
       max_length = self.get_variable("cache", "index_limit").shape[0]
       index = self.get_variable("cache", "index")
       positions = jnp.arange(max_length)
-      position_bias = None if relpos is None else decoder_position_bias(relpos, max_length, index)
+      position_bias = None if relpos is None else relpos(max_length, max_length, query=index)
       self_mask = jnp.where(positions <= index, 0.0, NEG_INF)[None, None, None, :].astype(jnp.float32)
       cross_mask = jnp.where(encoder_tokens > 0, 0.0, NEG_INF)[:, None, None, :].astype(jnp.float32)
       self.put_variable("cache", "index", index + 1)
@@ -377,7 +373,7 @@ class Decoder(nn.Module):
       # Decoder inputs start with token 0 (= pad), so padding is read off the targets, as t5x does.
       dec_valid = decoder_target_tokens > 0
       self_mask = attention_bias(dec_valid, dec_valid, decoder_segment_ids, decoder_segment_ids, causal=True)
-      position_bias = None if relpos is None else decoder_position_bias(relpos, length)
+      position_bias = None if relpos is None else relpos(length, length)
       cross_mask = attention_bias(dec_valid, encoder_tokens > 0, decoder_segment_ids, encoder_segment_ids)
       if decode == "init":
         self.put_variable("cache", "index", jnp.zeros((), jnp.int32))
