@@ -1,9 +1,11 @@
 """Train-step benchmark: flan-jax against transformers' PyTorch T5 with HF's Adafactor, measured in one run.
 
-    .venv/bin/python scripts/bench_train.py [--shapes 128/32 512/128] [--batch 8] [--steps 5]
+    .venv/bin/python scripts/bench_train.py [--shapes 128/32 512/128] [--batch 8] [--steps 5] [--bf16]
 
 Same model (the Flan-T5-small shape, random weights), batch, lengths and optimizer settings (Adafactor, constant
-learning rate 5e-4, factored second moments, update clipping 1.0, parameter scaling), float32. Each framework
+learning rate 5e-4, factored second moments, update clipping 1.0, parameter scaling), float32; with --bf16,
+bfloat16 activations and float32 parameters on both sides (flan-jax `T5Config.dtype='bfloat16'`, transformers
+under `torch.autocast('cpu', dtype=torch.bfloat16)`). Each framework
 runs in its own subprocess so peak memory (max RSS) is its own. MFU is model FLOPs per second (6 x parameters
 x tokens for the matmuls, plus attention) over the machine's measured float32 matmul peak.
 """
@@ -64,14 +66,16 @@ def matmul_peak(framework):
   return 10 * 2 * n ** 3 / (time.perf_counter() - start)
 
 
-def run_jax(shape, batch_size, steps):
+def run_jax(shape, batch_size, steps, bf16):
+  import dataclasses
+
   import jax
 
   from flan_jax import partitioning, trainer
   from flan_jax.hf import config_from_hf
   from flan_jax.optim import adafactor
 
-  config = config_from_hf(SMALL)
+  config = dataclasses.replace(config_from_hf(SMALL), dtype="bfloat16" if bf16 else "float32")
   tx = adafactor(learning_rate=5e-4)
   mesh = partitioning.make_mesh()
   shardings = trainer.Shardings(config, tx, mesh)
@@ -97,7 +101,7 @@ def run_jax(shape, batch_size, steps):
           "peak": matmul_peak("jax")}
 
 
-def run_torch(shape, batch_size, steps):
+def run_torch(shape, batch_size, steps, bf16):
   import torch
   import transformers
   from transformers.optimization import Adafactor
@@ -111,7 +115,8 @@ def run_torch(shape, batch_size, steps):
   enc, dec_in, tgt = (torch.as_tensor(x) for x in batch(batch_size, *shape))
 
   def one():
-    loss = model(input_ids=enc, decoder_input_ids=dec_in, labels=tgt).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+      loss = model(input_ids=enc, decoder_input_ids=dec_in, labels=tgt).loss
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -129,9 +134,9 @@ def run_torch(shape, batch_size, steps):
           "threads": torch.get_num_threads()}
 
 
-def child(framework, shape, batch_size, steps):
+def child(framework, shape, batch_size, steps, bf16):
   shape = tuple(int(x) for x in shape.split("/"))
-  result = (run_jax if framework == "jax" else run_torch)(shape, batch_size, steps)
+  result = (run_jax if framework == "jax" else run_torch)(shape, batch_size, steps, bf16)
   result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print("RESULT " + json.dumps(result))
 
@@ -141,23 +146,26 @@ def main():
   parser.add_argument("--shapes", nargs="+", default=["128/32", "512/128"])
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--bf16", action="store_true", help="bfloat16 activations on both sides")
   parser.add_argument("--child", nargs=2, metavar=("FRAMEWORK", "SHAPE"), help=argparse.SUPPRESS)
   parser.add_argument("--tiny", action="store_true", help="a tiny model: checks that the script runs")
   args = parser.parse_args()
   if args.tiny:
     SMALL.update(TINY)
   if args.child:
-    return child(args.child[0], args.child[1], args.batch, args.steps)
-  print(f"Flan-T5-small shape, batch {args.batch}, float32, median of {args.steps} steps after a warm-up step; "
+    return child(args.child[0], args.child[1], args.batch, args.steps, args.bf16)
+  dtype = "bfloat16 activations, float32 parameters" if args.bf16 else "float32"
+  print(f"Flan-T5-small shape, batch {args.batch}, {dtype}, median of {args.steps} steps after a warm-up step; "
         f"{os.cpu_count()} CPU cores")
-  print("| inputs/targets | framework | s/step | first step (compile) | tokens/s | MFU | peak RSS MB |")
+  print("| inputs/targets | framework | s/step | first step (compile) | tokens/s | MFU | peak RSS MB | loss |")
   # MFU's denominator: printed below each shape.
-  print("|---|---|---:|---:|---:|---:|---:|")
+  print("|---|---|---:|---:|---:|---:|---:|---:|")
   for shape in args.shapes:
     results = {}
     for framework in ("jax", "torch"):
       out = subprocess.run([sys.executable, __file__, "--child", framework, shape, "--batch", str(args.batch),
-                            "--steps", str(args.steps)] + (["--tiny"] if args.tiny else []), capture_output=True, text=True, env={**os.environ,
+                            "--steps", str(args.steps)] + (["--tiny"] if args.tiny else []) +
+                           (["--bf16"] if args.bf16 else []), capture_output=True, text=True, env={**os.environ,
                             "TF_CPP_MIN_LOG_LEVEL": "3"})
       line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
       if not line:
@@ -169,10 +177,10 @@ def main():
     for framework, name in (("jax", "flan-jax"), ("torch", "transformers + HF Adafactor")):
       r = results[framework]
       print(f"| {shape} | {name} | {r['seconds']:.3f} | {r['compile']:.1f} | "
-            f"{args.batch * (inputs + targets) / r['seconds']:.0f} | {flops / r['seconds'] / peak:.1%} | {r['max_rss_mb']:.0f} |", flush=True)
+            f"{args.batch * (inputs + targets) / r['seconds']:.0f} | {flops / r['seconds'] / peak:.1%} | {r['max_rss_mb']:.0f} | {r['loss']:.4f} |", flush=True)
     print(f"| {shape} | measured float32 matmul peak: XLA {results['jax']['peak'] / 1e9:.0f}, torch "
-          f"{results['torch']['peak'] / 1e9:.0f} GFLOP/s | | | | | |")
-    print(f"| {shape} | ratio (transformers s/step / flan-jax s/step) | **{results['torch']['seconds'] / results['jax']['seconds']:.2f}x** | | | | |",
+          f"{results['torch']['peak'] / 1e9:.0f} GFLOP/s | | | | | | |")
+    print(f"| {shape} | ratio (transformers s/step / flan-jax s/step) | **{results['torch']['seconds'] / results['jax']['seconds']:.2f}x** | | | | | |",
           flush=True)
 
 
