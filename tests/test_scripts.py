@@ -1,6 +1,7 @@
 """Launch helpers and the memory planner run without the hardware: they print what they would do."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -54,4 +55,7 @@ def test_train_and_decode_benchmarks_run_on_a_tiny_model():
   out = _run(sys.executable, "scripts/bench_decode.py", "--tiny", "--batch", "2", "--input_length", "8",
              "--new_tokens", "4", "--repeats", "1")
   assert out.returncode == 0, out.stdout + out.stderr
-  assert "ratio flan-jax / transformers" in out.stdout
+  assert out.stdout.count("ratio flan-jax / transformers") == 4  # greedy, beam, scoring (two peers)
+  assert "Greedy (2/2 rows identical" in out.stdout and "Beam search, 4 beams (2/2 rows identical" in out.stdout
+  difference = float(re.search(r"max difference ([0-9.e+-]+)", out.stdout).group(1))
+  assert difference < 1e-4
