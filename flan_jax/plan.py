@@ -112,7 +112,8 @@ class Plan:
             f"{self.temporaries / GIB:.2f} GiB, total {self.total / GIB:.2f} GiB of {self.topology.hbm_gib} GiB HBM "
             f"({self.total / hbm:.0%}): {'fits' if self.fits else 'DOES NOT FIT'}",
             f"  step: {self.flops / 1e9:,.1f} GFLOPs per chip; {seconds:.4g} s/step at 50% MFU",
-            "  collectives per step: " + (", ".join(f"{kind} {n} ({size / 2**20:,.1f} MiB)" for kind, (n, size)
+            "  collectives in the step's program" +
+            (" (the microbatch loop's counted once)" if self.microbatches > 1 else "") + ": " + (", ".join(f"{kind} {n} ({size / 2**20:,.1f} MiB)" for kind, (n, size)
                                                     in sorted(self.collectives.items())) or "none")]
 
 
@@ -176,7 +177,9 @@ def _read(compiled, plan: "Plan") -> "Plan":
   plan.collectives = collectives(compiled.as_text())
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  plan.flops = float(cost.get("flops", 0.0))
+  # XLA counts a loop's body once: with microbatches (a scan) the step runs it `microbatches` times. Scaling the
+  # whole count also scales the optimizer update, a small share of the step.
+  plan.flops = float(cost.get("flops", 0.0)) * plan.microbatches
   return plan
 
 

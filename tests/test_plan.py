@@ -48,6 +48,10 @@ def test_compiled_arguments_are_the_sharded_state_and_batch(name, data, model):
     param_bytes = 4 * sum(x.size for x in jax.tree.leaves(shardings.abstract_params))
     assert set(result.collectives) == {"all-reduce"}, result.collectives
     assert param_bytes <= result.collectives["all-reduce"][1] <= 1.1 * param_bytes
+    # Two microbatches do the same work in a loop, whose body XLA counts once: plan counts it per microbatch.
+    halves = plan.compile_step(TINY, tx, devices, plan.TOPOLOGIES[name], data, model, batch_size=32,
+                               lengths=LENGTHS, microbatches=2)
+    assert abs(halves.flops - result.flops) <= 0.1 * result.flops, (halves.flops, result.flops)
 
 
 def test_decode_step_holds_only_the_sharded_parameters_and_inputs():
