@@ -191,13 +191,16 @@ def _attend_bwd(residuals, d_out):
 
 
 def _sum_to_shape(x, shape):
-  """x summed over the axes `shape` broadcasts (a scalar: all). The batch axis is contracted with a vector of
-  ones: XLA's CPU backend runs that dot about twice as fast as its reduction over a leading axis of
-  [batch, heads, q, k], and on a mesh it is the same local sum plus all-reduce over 'data'."""
+  """x summed over the axes `shape` broadcasts (a scalar: all). On CPU the batch axis is contracted with a vector
+  of ones: XLA's CPU backend runs that dot about twice as fast as its reduction over a leading axis of
+  [batch, heads, q, k]. Elsewhere a plain sum: on TPU the dot needs a relaid-out copy of the float32
+  [batch, heads, q, k] gradient (base on v4-8 at 2048/512: 28.6 vs 12.1 GiB per chip)."""
   if not shape:
     return jnp.sum(x)
   if shape[0] == 1 and x.shape[0] > 1:
-    x = jnp.einsum("b...,b->...", x, jnp.ones((x.shape[0],), x.dtype))[None]
+    x = jax.lax.platform_dependent(
+        x, cpu=lambda x: jnp.einsum("b...,b->...", x, jnp.ones((x.shape[0],), x.dtype))[None],
+        default=lambda x: jnp.sum(x, axis=0, keepdims=True))
   axes = tuple(i for i, n in enumerate(shape) if n == 1 and x.shape[i] != 1)
   return jnp.sum(x, axis=axes, keepdims=True) if axes else x
 
