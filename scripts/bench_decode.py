@@ -35,7 +35,7 @@ OPTIONS = 4
 
 
 def best_of(fn, repeats):
-  fn()  # warm-up (compilation for flan-jax)
+  """Best time of `repeats` calls; each fn has run once already (its outputs compared), which compiled it."""
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
@@ -115,16 +115,17 @@ def main():
   ours_score = lambda: np.asarray(jax.block_until_ready(decoding.score_options(
       params, enc_j, jnp.asarray(dec_in, jnp.int32), jnp.asarray(targets, jnp.int32), config=ours_config)))
 
-  def hf_pairs():  # each (prompt, option) pair through the whole model
-    labels = torch.as_tensor(np.tile(targets, (args.batch, 1)))
-    logits = model(input_ids=enc_t.repeat_interleave(OPTIONS, 0), labels=labels).logits
+  labels = torch.as_tensor(np.tile(targets, (args.batch, 1)))
+
+  def option_loglik(logits):  # [batch * options, length, vocab] -> [batch, options]
     return torch.log_softmax(logits, -1).gather(-1, labels[..., None])[..., 0].sum(-1).reshape(args.batch, OPTIONS)
 
+  def hf_pairs():  # each (prompt, option) pair through the whole model
+    return option_loglik(model(input_ids=enc_t.repeat_interleave(OPTIONS, 0), labels=labels).logits)
+
   def hf_encode_once():  # the encoder once per prompt, its output repeated for the options
-    labels = torch.as_tensor(np.tile(targets, (args.batch, 1)))
     encoded = model.encoder(input_ids=enc_t).last_hidden_state.repeat_interleave(OPTIONS, 0)
-    logits = model(encoder_outputs=(encoded,), labels=labels).logits
-    return torch.log_softmax(logits, -1).gather(-1, labels[..., None])[..., 0].sum(-1).reshape(args.batch, OPTIONS)
+    return option_loglik(model(encoder_outputs=(encoded,), labels=labels).logits)
 
   hf_pairs, hf_encode_once = torch.no_grad()(hf_pairs), torch.no_grad()(hf_encode_once)
   ours_ll, pairs_ll, once_ll = ours_score(), hf_pairs().numpy(), hf_encode_once().numpy()
