@@ -10,6 +10,7 @@ from clu import metric_writers
 from etils import epath
 
 LOG_FILE = "train_log.jsonl"
+RESUMED = "resumed"  # a log row marking where a run resumed
 
 
 def format_metrics(step: int, metrics: dict) -> str:
@@ -27,7 +28,7 @@ class MetricWriter:
   PART_LINES = 100
   UPLOAD_SECONDS = 60.0
 
-  def __init__(self, model_dir: str):
+  def __init__(self, model_dir: str, start_step: int = 0):
     self.lead = jax.process_index() == 0
     self.model_dir = epath.Path(model_dir)
     self.remote = "://" in str(model_dir)
@@ -37,12 +38,17 @@ class MetricWriter:
     self.uploaded = time.time()
     self.part = len(_log_parts(self.model_dir)) if self.lead and self.remote else 0
     self.part_lines = []
+    if start_step:  # a resumed run: rows a killed run logged after this step no longer belong to the curve
+      self._write_line({"step": start_step, RESUMED: True})
 
   def write(self, step: int, scalars: dict) -> None:
     self.tb.write_scalars(step, scalars)
+    self._write_line({"step": step, **scalars})
+
+  def _write_line(self, row: dict) -> None:
     if not self.lead:
       return
-    line = json.dumps({"step": step, **scalars}) + "\n"
+    line = json.dumps(row) + "\n"
     if not self.remote:
       with (self.model_dir / LOG_FILE).open("a") as f:
         f.write(line)
@@ -142,10 +148,14 @@ def duration(seconds: float) -> str:
 
 
 def read_log(model_dir: str) -> list[dict]:
-  """Logged rows, the last one per (step, kind) winning: a resumed run rewrites steps after its checkpoint."""
+  """Logged rows, the last one per (step, kind) winning; where a run resumed, the rows an earlier run logged
+  after the resumed step are dropped (it was killed before saving them)."""
   rows = {}
   for line in (line for part in _log_parts(epath.Path(model_dir)) for line in part.read_text().splitlines()):
     row = json.loads(line)
+    if row.get(RESUMED):
+      rows = {k: v for k, v in rows.items() if k[0] <= row["step"]}
+      continue
     rows[(row["step"], tuple(sorted(k for k in row if k != "step")))] = row
   return [rows[k] for k in sorted(rows)]
 

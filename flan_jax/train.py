@@ -201,7 +201,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     last_mngr = checkpoints.manager(ckpt_dir, max_to_keep=keep_checkpoints, async_save=True)
     best_mngr = checkpoints.manager(os.path.join(model_dir, "best"), max_to_keep=1, best_metric=best_metric,
                                     best_mode=best_mode, async_save=True) if best_metric else None
-    writer = logs.MetricWriter(model_dir)
+    writer = logs.MetricWriter(model_dir, start_step)
     progress = logs.Progress(start_step, train_steps, log_period_seconds, log_fn)
     last, last_eval = {}, {}
     pending = []  # (step, tokens, metrics still on the device): fetched when a line, an eval or a save is due

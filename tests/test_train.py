@@ -1,5 +1,6 @@
 """Training: mesh-sharded steps equal single-device ones, exact resume, crash safety, NaN stop, bad input."""
 
+import json
 import os
 import shutil
 import signal
@@ -82,6 +83,8 @@ def test_exact_resume(tmp_path):
   run_in_process(straight, 6, "--gin.train.checkpoint_period=3", "--gin.DROPOUT_RATE=0.1")
   run_in_process(resumed, 3, "--gin.train.checkpoint_period=3", "--gin.DROPOUT_RATE=0.1")
   shutil.copytree(resumed, str(tmp_path / "replayed"))
+  with open(os.path.join(resumed, logs.LOG_FILE), "a") as f:  # as if a killed run had logged past its checkpoint
+    f.write(json.dumps({"step": 7, "train/loss": 99.0}) + "\n")
   lines = run_in_process(resumed, 6, "--gin.train.checkpoint_period=3", "--gin.DROPOUT_RATE=0.1")
   assert any(line.startswith("resumed from") and line.endswith("/3") for line in lines)
   assert "restored the input position at step 3" in lines  # the saved tf.data iterator, no re-reading
@@ -90,6 +93,7 @@ def test_exact_resume(tmp_path):
   assert diff <= 1e-6
   a, b = train_losses(straight), train_losses(resumed)
   assert all(abs(a[s] - b[s]) <= 1e-6 for s in (4, 5, 6))  # the same data stream after the resume
+  assert sorted(b) == sorted(a)  # the killed run's row after the resumed step is not part of the curve
   # A checkpoint without an iterator (or from other data settings) reaches the position by re-reading.
   shutil.rmtree(tmp_path / "replayed" / "checkpoints" / "3" / "data_iterator")
   lines = run_in_process(str(tmp_path / "replayed"), 6, "--gin.train.checkpoint_period=3", "--gin.DROPOUT_RATE=0.1")
