@@ -195,8 +195,8 @@ def _two_processes(model_dir, steps, *flags, env=None, cwd=None):
   return [p.returncode for p in procs], outputs
 
 
-def _one_process_four_devices(model_dir, steps, *flags):
-  result = run_subprocess(model_dir, steps, *flags,
+def _one_process_four_devices(model_dir, steps, *flags, cwd=None):
+  result = run_subprocess(model_dir, steps, *flags, cwd=cwd,
                           env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"})
   assert result.returncode == 0, result.stdout + result.stderr
   return result.stdout
@@ -204,17 +204,28 @@ def _one_process_four_devices(model_dir, steps, *flags):
 
 def test_two_processes_equal_one_process_on_four_devices(tmp_path):
   """2 processes x 2 fake CPU devices (gloo) against 1 process x 4 devices: the same global batches (one task,
-  in order, unpacked, so the two hosts' shards together are the single host's batch) give the same losses."""
+  in order, unpacked, so the two hosts' shards together are the single host's batch) give the same losses.
+  The eval set has one example, so the second process's eval shard is empty: it feeds padding rows."""
+  (tmp_path / "one_example_tasks.py").write_text(
+      "from flan_jax.data.registration import register_prompt_task\n"
+      "from flan_jax.vocab import byte_vocabulary\n"
+      "rows = [{'inputs': f'say {i}', 'targets': str(i)} for i in range(20)]\n"
+      "register_prompt_task('one_example', {'train': rows, 'validation': rows[:1]}, byte_vocabulary())\n")
   same_data = ["--gin.MIXTURE_OR_TASK_NAME='demo_arithmetic'", "--gin.train.pack=False",
-               "--gin.train.shuffle=False", "--gin.make_mesh.data_parallel=4"]
-  _one_process_four_devices(tmp_path / "single", 3, *same_data)
-  codes, outputs = _two_processes(tmp_path / "multi", 3, *same_data)
+               "--gin.train.shuffle=False", "--gin.make_mesh.data_parallel=4",
+               "--gin.MIXTURE_OR_TASK_MODULE='one_example_tasks'", "--gin.EVAL_TASKS=['one_example']",
+               "--gin.EVAL_PERIOD=3", "--gin.train.eval_batch_size=4"]
+  _one_process_four_devices(tmp_path / "single", 3, *same_data, cwd=tmp_path)
+  codes, outputs = _two_processes(tmp_path / "multi", 3, *same_data, cwd=tmp_path)
   assert codes == [0, 0], outputs
   assert "data shard 0 of 2, 4 rows a step from this process" in outputs[0]
   a, b = train_losses(tmp_path / "single"), train_losses(tmp_path / "multi")
   assert sorted(a) == sorted(b) == [1, 2, 3]
   assert max(abs(a[s] - b[s]) for s in a) <= 1e-5, (a, b)
   assert checkpoints.locate(str(tmp_path / "multi" / "checkpoints"))[1] == 3
+  evals = [[r for r in logs.read_log(str(tmp_path / run)) if "eval/one_example/loss" in r] for run in ("single", "multi")]
+  assert [len(e) for e in evals] == [1, 1] and evals[1][0]["step"] == 3
+  assert abs(evals[0][0]["eval/one_example/loss"] - evals[1][0]["eval/one_example/loss"]) <= 1e-5
 
 
 @pytest.mark.parametrize("mesh", [
@@ -235,22 +246,6 @@ def test_model_axis_across_processes_equals_one_process(mesh, tmp_path):
   diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
              for x, y in zip(_params(tmp_path / "single", 3), _params(tmp_path / "multi", 3)))
   assert diff <= 1e-5
-
-
-def test_eval_with_more_processes_than_examples(tmp_path):
-  """A process whose shard of an eval set is empty feeds padding rows and does not crash."""
-  (tmp_path / "one_example_tasks.py").write_text(
-      "from flan_jax.data.registration import register_prompt_task\n"
-      "from flan_jax.vocab import byte_vocabulary\n"
-      "rows = [{'inputs': f'say {i}', 'targets': str(i)} for i in range(20)]\n"
-      "register_prompt_task('one_example', {'train': rows, 'validation': rows[:1]}, byte_vocabulary())\n")
-  codes, outputs = _two_processes(tmp_path / "run", 2, "--gin.MIXTURE_OR_TASK_MODULE='one_example_tasks'",
-                                  "--gin.EVAL_TASKS=['one_example']", "--gin.EVAL_PERIOD=2",
-                                  "--gin.train.eval_batch_size=4", cwd=tmp_path)
-  assert codes == [0, 0], outputs
-  assert "eval/one_example/loss" in outputs[0]
-  evals = [r for r in logs.read_log(str(tmp_path / "run")) if "eval/one_example/loss" in r]
-  assert len(evals) == 1 and evals[0]["step"] == 2 and np.isfinite(evals[0]["eval/one_example/loss"])
 
 
 def test_a_mesh_that_cannot_be_laid_out_over_the_processes(tmp_path):
@@ -289,14 +284,18 @@ def test_a_task_module_with_its_own_gin_configurable(tmp_path, monkeypatch):
   assert checkpoints.locate(str(tmp_path / "run" / "checkpoints"))[1] == 1
 
 
-@pytest.mark.parametrize("entry", [["-m", "flan_jax.train"], ["-m", "flan_jax", "train"]])
-def test_python_dash_m_entry_points(entry, tmp_path):
-  cmd = [sys.executable] + entry + _bindings(str(tmp_path / "run"), 1)
-  result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+def test_python_dash_m_entry_points(tmp_path):
+  """`python -m flan_jax.train` trains (its module, run as __main__, must not register gin configurables
+  twice); `python -m flan_jax COMMAND` reaches the same command line."""
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+  cmd = [sys.executable, "-m", "flan_jax.train"] + _bindings(str(tmp_path / "run"), 1)
+  result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "step 1/1" in result.stdout and "done: steps 0 -> 1" in result.stdout
   assert checkpoints.locate(str(tmp_path / "run" / "checkpoints"))[1] == 1
+  result = subprocess.run([sys.executable, "-m", "flan_jax", "train", "--help"], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env=env)
+  assert result.returncode == 0 and result.stdout.startswith("usage: flan-jax train"), result.stderr[-2000:]
 
 
 def _train_cli(capsys, *flags):
