@@ -43,8 +43,8 @@ def test_train_on_gcs_resumes_exactly_keeps_k_and_writes_its_logs(gcs, tmp_path)
   proc.wait()
   root, step, _ = checkpoints.read_meta(f"{remote}/checkpoints")
   assert root == f"{remote}/checkpoints" and step >= 4
-  for folder in (root, f"{remote}/best"):  # killed after step 4: resume from 4, as the local run went on
-    for later in (epath.Path(folder).iterdir() if epath.Path(folder).exists() else ()):  # best/ from step 6
+  for folder in (epath.Path(root), epath.Path(remote, "best")):  # resume from 4, as the local run went on
+    for later in (folder.iterdir() if folder.exists() else ()):  # best/ exists once the step-6 eval ran
       if later.name.isdigit() and int(later.name) > 4:
         later.rmtree()
   lines = run_in_process(remote, 6, *common)

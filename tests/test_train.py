@@ -223,7 +223,8 @@ def test_two_processes_equal_one_process_on_four_devices(tmp_path):
   assert sorted(a) == sorted(b) == [1, 2, 3]
   assert max(abs(a[s] - b[s]) for s in a) <= 1e-5, (a, b)
   assert checkpoints.locate(str(tmp_path / "multi" / "checkpoints"))[1] == 3
-  evals = [[r for r in logs.read_log(str(tmp_path / run)) if "eval/one_example/loss" in r] for run in ("single", "multi")]
+  evals = [[r for r in logs.read_log(str(tmp_path / run)) if "eval/one_example/loss" in r]
+           for run in ("single", "multi")]
   assert [len(e) for e in evals] == [1, 1] and evals[1][0]["step"] == 3
   assert abs(evals[0][0]["eval/one_example/loss"] - evals[1][0]["eval/one_example/loss"]) <= 1e-5
 
