@@ -22,4 +22,4 @@ demo: $(SETUP)
 	$(VENV)/bin/flan-jax train --gin_file=runs/demo.gin
 
 test: $(TEST_SETUP)
-	$(VENV)/bin/python -m pytest -q -rs tests
+	$(VENV)/bin/python -m pytest -q -rs -n 2 --dist loadfile --durations=15 tests

@@ -7,7 +7,6 @@ rows) and gets all results back.
 """
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 
-import jax
 import numpy as np
 from flax import traverse_util
 from safetensors.numpy import load_file
