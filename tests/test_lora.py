@@ -166,3 +166,14 @@ def test_bad_lora_settings_are_one_line(base, tmp_path, capsys):
                    "--out", str(tmp_path / "x")]) == 2
   assert "does not fit the base" in capsys.readouterr().err
   assert not (tmp_path / "x").exists()
+
+
+def test_the_partial_sum_input_gradient_equals_autodiff():
+  """On a 'model'-split mesh the adapters take their own backward pass (models/t5.py): the same gradients."""
+  from flan_jax.models.t5 import _lora_delta_partial_input_grad
+  h, a, b, w = (jax.random.normal(k, s) for k, s in zip(jax.random.split(jax.random.key(0), 4),
+                                                         [(32, 16), (16, 4), (4, 24), (32, 24)]))
+  ours = jax.grad(lambda *x: jnp.sum(jnp.sin(_lora_delta_partial_input_grad(*x, 0.5)) * w), (0, 1, 2))(h, a, b)
+  autodiff = jax.grad(lambda h, a, b: jnp.sum(jnp.sin(jnp.dot(jnp.dot(h, a), b) * 0.5) * w), (0, 1, 2))(h, a, b)
+  for x, y in zip(ours, autodiff):
+    assert np.max(np.abs(np.asarray(x) - np.asarray(y))) <= 1e-5 * np.max(np.abs(np.asarray(y)))
