@@ -13,8 +13,7 @@ import pytest
 
 from flan_jax import partitioning, plan, trainer
 from flan_jax.errors import UserError
-from flan_jax.models import T5Config
-from flan_jax.models import t5
+from flan_jax.models import T5Config, t5
 from flan_jax.models.t5 import abstract_variables
 from flan_jax.optim import adafactor
 

@@ -100,13 +100,17 @@ class Dense(nn.Module):
       if self.axes[1] != "embed" and _model_ways() > 1:  # B's output axis is split over 'model'
         y = y + _lora_delta_partial_input_grad(h, a, b, lora_scale(c))
       else:
-        y = y + jnp.dot(jnp.dot(h, a), b) * lora_scale(c)
+        y = y + _lora_delta(h, a, b, lora_scale(c))
     return y.reshape(x.shape[:-1] + (self.features,))
 
 
 def _model_ways() -> int:
   """How many ways the mesh being traced under (`jax.set_mesh`) splits 'model'; 1 outside a mesh."""
   return dict(jax.sharding.get_abstract_mesh().shape).get("model", 1)
+
+
+def _lora_delta(h, a, b, scale):
+  return jnp.dot(jnp.dot(h, a), b) * scale
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -118,7 +122,7 @@ def _lora_delta_partial_input_grad(h, a, b, scale):
   and the whole adapter term then forces the kernel's share to be all-reduced on its own: more collectives and
   buffers than full finetuning (xl, v4-64, 4 x 8). The price is one input-gradient matmul per adapted kernel, so
   without a 'model' split autodiff's order is kept."""
-  return jnp.dot(jnp.dot(h, a), b) * scale
+  return _lora_delta(h, a, b, scale)
 
 
 def _lora_delta_fwd(h, a, b, scale):
