@@ -11,7 +11,7 @@ from typing import NoReturn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from flan_jax import distributed  # noqa: E402  (gin-configurable: registered before any gin file is parsed)
+from flan_jax import hugepages  # noqa: E402
 from flan_jax.errors import UserError  # noqa: E402
 
 
@@ -171,6 +171,7 @@ def _model_info(args):
 
 
 def _start_processes(args):
+  from flan_jax import distributed
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
 
 
@@ -321,7 +322,7 @@ def main(argv=None) -> int:
   """Runs one command; returns the exit code (2 for bad input). Other exceptions propagate."""
   argv = sys.argv[1:] if argv is None else argv
   try:
-    from flan_jax import gin_utils
+    from flan_jax import distributed, gin_utils  # noqa: F401  (distributed: gin-configurable, registered first)
     bindings, rest = gin_utils.split_gin_bindings(argv)
     args = build_parser().parse_args(rest)
     args.gin_bindings = bindings
@@ -337,6 +338,7 @@ def run(argv=None) -> NoReturn:
   """The `flan-jax` command: main(), then exit. A failed command ends the process at once, whatever threads
   (checkpoint saves, TensorBoard writers, tf.data prefetching) are still running: a hung process would hold
   a TPU slice. A successful one exits normally, so jax.distributed shuts down cleanly."""
+  hugepages.reexec_with_hugepages()
   try:
     code = main(argv)
   except KeyboardInterrupt:

@@ -6,7 +6,9 @@ Same model (the Flan-T5-small shape, random weights), batch, lengths and optimiz
 learning rate 5e-4, factored second moments, update clipping 1.0, parameter scaling), float32; with --bf16,
 bfloat16 activations and float32 parameters on both sides (flan-jax `T5Config.dtype='bfloat16'`, transformers
 under `torch.autocast('cpu', dtype=torch.bfloat16)`). Each framework
-runs in its own subprocess so peak memory (max RSS) is its own. MFU is model FLOPs per second (6 x parameters
+runs in its own subprocess so peak memory (max RSS) is its own. flan-jax runs with glibc's huge-page malloc, as
+the `flan-jax` command does (flan_jax.hugepages); transformers runs as it comes and, in a third row, with the
+same setting. MFU is model FLOPs per second (6 x parameters
 x tokens for the matmuls, plus attention) over the machine's measured float32 matmul peak.
 """
 
@@ -19,6 +21,8 @@ import sys
 import time
 
 import numpy as np
+
+from flan_jax import hugepages
 
 SMALL = dict(model_type="t5", vocab_size=32128, d_model=512, d_ff=1024, num_heads=6, d_kv=64, num_layers=8,
              num_decoder_layers=8, feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
@@ -160,29 +164,32 @@ def main():
   print("| inputs/targets | framework | s/step | first step (compile) | tokens/s | MFU | peak RSS MB | loss |")
   # MFU's denominator: printed below each shape.
   print("|---|---|---:|---:|---:|---:|---:|---:|")
+  default = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+  huge = hugepages.environ_with_hugepages(default)  # what the flan-jax command runs with
+  runs = [("jax", "flan-jax", huge), ("torch", "transformers + HF Adafactor", default)]
+  if huge != default:  # the peer with the same allocator setting, to show what is allocator and what is not
+    runs.append(("torch", "transformers + HF Adafactor, huge-page malloc", huge))
   for shape in args.shapes:
-    results = {}
-    for framework in ("jax", "torch"):
+    results = []
+    for framework, name, env in runs:
       out = subprocess.run([sys.executable, __file__, "--child", framework, shape, "--batch", str(args.batch),
                             "--steps", str(args.steps)] + (["--tiny"] if args.tiny else []) +
-                           (["--bf16"] if args.bf16 else []), capture_output=True, text=True, env={**os.environ,
-                            "TF_CPP_MIN_LOG_LEVEL": "3"})
+                           (["--bf16"] if args.bf16 else []), capture_output=True, text=True, env=env)
       line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
       if not line:
-        raise SystemExit(f"{framework} {shape} failed:\n{out.stdout}\n{out.stderr[-3000:]}")
-      results[framework] = json.loads(line[0][len("RESULT "):])
+        raise SystemExit(f"{name} {shape} failed:\n{out.stdout}\n{out.stderr[-3000:]}")
+      results.append((name, json.loads(line[0][len("RESULT "):])))
     inputs, targets = (int(x) for x in shape.split("/"))
     flops = model_flops(SMALL, args.batch, inputs, targets)
-    peak = max(r["peak"] for r in results.values())  # the machine's: the faster of XLA's and torch's matmul
-    for framework, name in (("jax", "flan-jax"), ("torch", "transformers + HF Adafactor")):
-      r = results[framework]
+    peak = max(r["peak"] for _, r in results)  # the machine's: the faster of XLA's and torch's matmul
+    for name, r in results:
       print(f"| {shape} | {name} | {r['seconds']:.3f} | {r['compile']:.1f} | "
             f"{args.batch * (inputs + targets) / r['seconds']:.0f} | {flops / r['seconds'] / peak:.1%} | {r['max_rss_mb']:.0f} | {r['loss']:.4f} |", flush=True)
-    print(f"| {shape} | measured float32 matmul peak: XLA {results['jax']['peak'] / 1e9:.0f}, torch "
-          f"{results['torch']['peak'] / 1e9:.0f} GFLOP/s | | | | | | |")
-    print(f"| {shape} | ratio (transformers s/step / flan-jax s/step) | **{results['torch']['seconds'] / results['jax']['seconds']:.2f}x** | | | | | |",
-          flush=True)
-
+    print(f"| {shape} | measured float32 matmul peak: XLA {results[0][1]['peak'] / 1e9:.0f}, torch "
+          f"{results[1][1]['peak'] / 1e9:.0f} GFLOP/s | | | | | | |")
+    for name, r in results[1:]:
+      print(f"| {shape} | ratio ({name} s/step / flan-jax s/step) | **{r['seconds'] / results[0][1]['seconds']:.2f}x** | | | | | |",
+            flush=True)
 
 if __name__ == "__main__":
   main()
