@@ -12,7 +12,7 @@ import argparse
 import tempfile
 import time
 
-from flan_jax import gin_utils, train
+from flan_jax import gin_utils, hugepages, train
 
 
 def run(model_dir, size, steps, period, inputs, targets):
@@ -37,6 +37,7 @@ def main():
   parser.add_argument("--size", default="small")
   parser.add_argument("--lengths", default="128/32", help="inputs/targets")
   args = parser.parse_args()
+  hugepages.reexec_with_hugepages()  # as the flan-jax command runs
   inputs, targets = (int(n) for n in args.lengths.split("/"))
   with tempfile.TemporaryDirectory() as work:
     none = run(f"{work}/none", args.size, args.steps, 10**9, inputs, targets)

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from flan_jax import lora, partitioning, trainer
+from flan_jax import hugepages, lora, partitioning, trainer
 from flan_jax.models import T5Config
 from flan_jax.models.t5 import init_variables
 from flan_jax.optim import adafactor
@@ -56,6 +56,7 @@ def main():
   parser.add_argument("--targets", nargs="+", default=["q", "v"])
   parser.add_argument("--tiny", action="store_true", help="a tiny model (for the test that the script runs)")
   args = parser.parse_args()
+  hugepages.reexec_with_hugepages()  # as the flan-jax command runs
   inputs, targets = (int(x) for x in args.shape.split("/"))
   rng = np.random.default_rng(0)
   tokens = lambda n: rng.integers(2, 32000, (args.batch, n)).astype(np.int32)
