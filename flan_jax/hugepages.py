@@ -1,10 +1,9 @@
 """Back malloc with transparent huge pages: a 16% faster train step on CPU.
 
-XLA's CPU backend allocates a step's gradients, temporaries and outputs afresh every step, and the kernel zeroes
-and maps each new 4 KiB page on first touch: writing a new 329 MB array took 77 ms against 11 ms in place
-(BENCHMARKS.md). glibc 2.35+ asks for 2 MiB pages when GLIBC_TUNABLES holds `glibc.malloc.hugetlb=1`, but reads
-the setting only at start-up, so the `flan-jax` command re-executes itself once with it. Setting
-`glibc.malloc.hugetlb` yourself (e.g. to 0) turns this off.
+XLA's CPU backend allocates a step's gradients, temporaries and outputs afresh every step, and the kernel maps
+and zeroes each new 4 KiB page on first touch (BENCHMARKS.md, train step). glibc 2.35+ asks for 2 MiB pages when
+GLIBC_TUNABLES holds `glibc.malloc.hugetlb=1`, but reads the setting only at start-up, so the `flan-jax` command
+re-executes itself once with it. Setting `glibc.malloc.hugetlb` yourself (e.g. to 0) turns this off.
 """
 
 import os
