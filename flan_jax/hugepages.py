@@ -40,4 +40,7 @@ def reexec_with_hugepages() -> None:
   if environ != dict(os.environ):
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], environ)
+    try:
+      os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], environ)
+    except OSError:  # no interpreter path to run again (embedded Python): carry on with 4 KiB pages
+      pass
