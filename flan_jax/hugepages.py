@@ -1,4 +1,4 @@
-"""Back malloc with transparent huge pages: a 16% faster train step on CPU.
+"""Back malloc with transparent huge pages: a 6-22% faster train step on CPU (BENCHMARKS.md).
 
 XLA's CPU backend allocates a step's gradients, temporaries and outputs afresh every step, and the kernel maps
 and zeroes each new 4 KiB page on first touch (BENCHMARKS.md, train step). glibc 2.35+ asks for 2 MiB pages when

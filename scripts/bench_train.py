@@ -192,5 +192,6 @@ def main():
       print(f"| {shape} | ratio ({name} s/step / flan-jax s/step) | **{r['seconds'] / results[0][1]['seconds']:.2f}x** | | | | | |",
             flush=True)
 
+
 if __name__ == "__main__":
   main()
