@@ -99,7 +99,8 @@ class Plan:
     return self.error is None and self.total <= self.topology.hbm_gib * GIB
 
   def lines(self, batch_size: int) -> list[str]:
-    head = (f"{self.topology.name}: {self.chips} chips, {self.hosts} hosts x {self.chips // max(self.hosts, 1)}; "
+    hosts = f"{self.hosts} host{'' if self.hosts == 1 else 's'}"
+    head = (f"{self.topology.name}: {self.chips} chips, {hosts} x {self.chips // max(self.hosts, 1)}; "
             f"mesh data={self.data} x model={self.model}, remat={self.remat}, microbatches={self.microbatches}"
             f"{', parameters over data' if self.parameters_over_data else ''}; "
             f"{batch_size // self.hosts if self.hosts else '?'} rows per host")

@@ -103,7 +103,7 @@ def test_plan_cli_on_v4_8_and_v5e_16():
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   lines = out.stdout.splitlines()
-  assert "v4-8: 4 chips, 1 hosts x 4; mesh data=4 x model=1, remat=False, microbatches=1; 16 rows per host" in lines
+  assert "v4-8: 4 chips, 1 host x 4; mesh data=4 x model=1, remat=False, microbatches=1; 16 rows per host" in lines
   assert "v5e-16: 16 chips, 4 hosts x 4; mesh data=16 x model=1, remat=False, microbatches=1; 4 rows per host" in lines
   fits = [line for line in lines if "GiB HBM" in line]
   assert len(fits) == 2 and all(line.endswith(": fits") for line in fits)
