@@ -283,7 +283,10 @@ def plan(topology_names: list[str], auto: bool = False, log_fn=print) -> list[Pl
         if tried.error is None and tried.total <= 0.75 * topology.hbm_gib * GIB:
           result = tried
           break
-        result = result or tried
+        if result is None or (tried.fits and not result.fits):  # else: the first that fits at all, or the first
+          result = tried
+      if not (result.fits and result.total <= 0.75 * topology.hbm_gib * GIB):
+        log_fn(f"  no setting fits within 75% of HBM; showing {'the first that fits' if result.fits else 'the first tried'}")
       gin.bind_parameter("logical_axis_rules.parameters_over_data", result.parameters_over_data)
     for line in result.lines(settings["batch_size"]):
       log_fn(line)

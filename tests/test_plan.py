@@ -112,6 +112,24 @@ def test_plan_cli_on_v4_8_and_v5e_16():
   assert len(decode) == 2 and all("GiB per chip" in line for line in decode)
 
 
+def test_auto_reports_the_first_setting_that_fits_when_none_is_within_75_percent(monkeypatch):
+  """Compiles faked: the first candidate runs out of memory, the others need 90% or more of HBM."""
+  hbm = plan.TOPOLOGIES["v4-8"].hbm_gib * plan.GIB
+  fractions = iter([None, 0.95, 0.9] + [0.99] * 100)  # share of HBM per candidate; None: out of memory
+
+  def fake_compile(config, tx, devices, topology, data, model, batch_size, lengths, micro, *rest):
+    fraction = next(fractions)
+    return plan.Plan(topology, data, model, config.remat, micro, chips=len(devices), hosts=1,
+                     error=None if fraction else "RESOURCE_EXHAUSTED", total=int((fraction or 0) * hbm))
+
+  monkeypatch.setattr(plan, "compile_step", fake_compile)
+  monkeypatch.setattr(plan, "compile_decode", lambda *a, **k: plan.Plan(a[2], 1, 1, False, 1, error="skipped"))
+  lines = []
+  [result] = plan.plan(["v4-8"], auto=True, log_fn=lines.append)
+  assert result.fits and result.total == int(0.95 * hbm)  # the first that fits at all, not the first tried
+  assert "  no setting fits within 75% of HBM; showing the first that fits" in lines
+
+
 def test_factored_adafactor_statistics_are_sharded_like_their_axis():
   """Square kernels (q/k/v/o from base to xxl) factor axes (0, 1) in optax: v_row keeps axis 0, v_col axis 1;
   each statistic is sharded like the parameter axis it keeps."""
