@@ -1,6 +1,8 @@
 """Shared fixtures: the real data in ../shared/data (or $FLAN_JAX_SHARED_DATA), skipped with a reason if absent."""
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -13,8 +15,21 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 # TensorFlow's GCS client, which has no endpoint setting.
 os.environ.setdefault("EPATH_USE_TF", "false")
 
+# One persistent XLA compilation cache for the run, shared by the pytest-xdist workers and the CLI subprocesses
+# (they inherit the environment): many tests compile the same tiny programs, which cost about 20 s a training run
+# on a 2-core machine before. A cache dir given from outside is used and kept.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="flan-jax-tests-xla-cache-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.environ.get("FLAN_JAX_SHARED_DATA") or os.path.join(REPO, "..", "shared", "data")
+
+
+def pytest_sessionfinish(session):
+  if _OWN_CACHE:  # the process that made it: the controller (after every worker) or a lone run
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
