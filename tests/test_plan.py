@@ -114,6 +114,7 @@ def test_plan_cli_on_v4_8_and_v5e_16():
 
 def test_auto_reports_the_first_setting_that_fits_when_none_is_within_75_percent(monkeypatch):
   """Compiles faked: the first candidate runs out of memory, the others need 90% or more of HBM."""
+  from flan_jax import train  # noqa: F401  (registers the gin settings plan reads)
   hbm = plan.TOPOLOGIES["v4-8"].hbm_gib * plan.GIB
   fractions = iter([None, 0.95, 0.9] + [0.99] * 100)  # share of HBM per candidate; None: out of memory
 
@@ -155,7 +156,7 @@ def test_factored_adafactor_statistics_are_sharded_like_their_axis():
 
 def _loss_and_grads(config, params, batch):
   from flan_jax.trainer import batch_metrics
-  loss, grads = jax.value_and_grad(lambda p: batch_metrics(config, p, batch, 1e-4)[0])(params)
+  loss, grads = jax.jit(jax.value_and_grad(lambda p: batch_metrics(config, p, batch, 1e-4)[0]))(params)
   return float(loss), grads
 
 
