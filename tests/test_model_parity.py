@@ -52,9 +52,11 @@ def _batch(rng, lengths_enc, lengths_dec, enc_len=24, dec_len=12):
 
 
 def _ours(config, params, enc, dec_in, tgt, enc_seg=None, dec_seg=None):
-  return np.asarray(T5(config).apply(
-      {"params": params}, jnp.asarray(enc), jnp.asarray(dec_in), jnp.asarray(tgt),
-      None if enc_seg is None else jnp.asarray(enc_seg), None if dec_seg is None else jnp.asarray(dec_seg)))
+  """Logits under jit, as training and decoding compute them (op by op took most of these tests' time)."""
+  forward = jax.jit(lambda p, *inputs: T5(config).apply({"params": p}, *inputs))
+  return np.asarray(forward(params, jnp.asarray(enc), jnp.asarray(dec_in), jnp.asarray(tgt),
+                            None if enc_seg is None else jnp.asarray(enc_seg),
+                            None if dec_seg is None else jnp.asarray(dec_seg)))
 
 
 def test_imported_config(pair):
@@ -110,7 +112,7 @@ def test_loss_and_gradients_match_hf(pair):
     total, _ = cross_entropy(logits, jnp.asarray(tgt), jnp.asarray(weights))
     return total / weights.sum()
 
-  loss, grads = jax.value_and_grad(loss_fn)(params)
+  loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
 
   model.zero_grad()
   labels = torch.as_tensor(np.where(tgt > 0, tgt, -100))
@@ -156,8 +158,8 @@ def test_attention_custom_gradient_equals_autodiff(bias_shape, keep_shape):
       "bhqk,bhkd->bhqd", jax.nn.softmax(jnp.einsum("bhqd,bhkd->bhqk", q, k) + mask + b, axis=-1) * keep, v)
   ours = lambda q, k, v, b: attend(q, k, v, mask, b, keep)
   assert np.allclose(ours(q, k, v, bias), reference(q, k, v, bias), atol=1e-6)
-  g_ours = jax.grad(lambda *a: jnp.sum(ours(*a) * cotangent), argnums=(0, 1, 2, 3))(q, k, v, bias)
-  g_ref = jax.grad(lambda *a: jnp.sum(reference(*a) * cotangent), argnums=(0, 1, 2, 3))(q, k, v, bias)
+  g_ours = jax.jit(jax.grad(lambda *a: jnp.sum(ours(*a) * cotangent), argnums=(0, 1, 2, 3)))(q, k, v, bias)
+  g_ref = jax.jit(jax.grad(lambda *a: jnp.sum(reference(*a) * cotangent), argnums=(0, 1, 2, 3)))(q, k, v, bias)
   for a, b in zip(g_ours, g_ref):
     assert a.shape == b.shape and np.allclose(a, b, atol=1e-5)
     assert a.ndim == 0 or np.abs(a).max() > 1e-3  # a real gradient (a scalar bias has none: softmax shifts)
