@@ -273,20 +273,20 @@ def plan(topology_names: list[str], auto: bool = False, log_fn=print) -> list[Pl
       data, model = _gin_mesh(len(devices))
       result = compile_for(data, model, config, settings["num_microbatches"])
     else:
-      result = None
+      result, budget = None, 0.75 * topology.hbm_gib * GIB
       for model, remat, over_data, micro in candidates(len(devices), settings["batch_size"]):
         gin.bind_parameter("logical_axis_rules.parameters_over_data", over_data)
         tried = compile_for(len(devices) // model, model, dataclasses.replace(config, remat=remat), micro)
         log_fn(f"  tried data={tried.data} x model={model}, remat={remat}, parameters over data={over_data}, "
                f"microbatches={micro}: " +
                (f"{tried.total / GIB:.2f} GiB" if tried.error is None else "does not fit"))
-        if tried.error is None and tried.total <= 0.75 * topology.hbm_gib * GIB:
+        if result is None or (tried.fits and not result.fits):  # the first that fits at all, else the first tried
+          result = tried
+        if tried.fits and tried.total <= budget:
           result = tried
           break
-        if result is None or (tried.fits and not result.fits):  # else: the first that fits at all, or the first
-          result = tried
-      if not (result.fits and result.total <= 0.75 * topology.hbm_gib * GIB):
-        log_fn(f"  no setting fits within 75% of HBM; showing {'the first that fits' if result.fits else 'the first tried'}")
+      else:
+        log_fn(f"  no setting fits within 75% of HBM; showing the first {'that fits' if result.fits else 'tried'}")
       gin.bind_parameter("logical_axis_rules.parameters_over_data", result.parameters_over_data)
     for line in result.lines(settings["batch_size"]):
       log_fn(line)
