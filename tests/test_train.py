@@ -51,14 +51,13 @@ def train_losses(model_dir):
 
 
 def test_mesh_4x2_equals_one_device(tmp_path):
-  """The same 4 steps on 1 device and on 8 fake CPU devices as a 4x2 mesh."""
+  """The same 4 steps on 1 device (this process's) and on 8 fake CPU devices as a 4x2 mesh."""
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  one = run_subprocess(tmp_path / "one", 4, "--gin.make_mesh.data_parallel=1", env=env)
+  one = run_in_process(str(tmp_path / "one"), 4, "--gin.make_mesh.data_parallel=1")
   mesh = run_subprocess(tmp_path / "mesh", 4, "--gin.make_mesh.data_parallel=4",
                         "--gin.make_mesh.model_parallel=2", env=env)
-  assert one.returncode == 0, one.stdout + one.stderr
   assert mesh.returncode == 0, mesh.stdout + mesh.stderr
-  assert "mesh data=1 model=1 over 1 of 8 devices" in one.stdout
+  assert any(line.startswith("mesh data=1 model=1 over 1 of ") for line in one)
   assert "mesh data=4 model=2 over 8 of 8 devices" in mesh.stdout
   # Parameters really are split over 'model' (t5x rules: vocab, mlp, heads/joined_kv on 'model').
   assert "decoder/logits_dense/kernel P(None, 'model')" in mesh.stdout
