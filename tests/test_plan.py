@@ -4,14 +4,12 @@ no TPU), with per-chip memory checked against the sizes of what the step holds."
 import dataclasses
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-from flan_jax import partitioning, plan, trainer
+from flan_jax import cli, partitioning, plan, trainer
 from flan_jax.errors import UserError
 from flan_jax.models import T5Config, t5
 from flan_jax.models.t5 import abstract_variables
@@ -21,7 +19,6 @@ from flan_jax.optim import adafactor
 TINY = T5Config(vocab_size=1024, d_model=256, d_ff=512, num_heads=4, d_kv=64, num_encoder_layers=2,
                 num_decoder_layers=2)
 LENGTHS = {"inputs": 128, "targets": 128}
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _bytes(tree, specs, mesh_shape):
@@ -95,14 +92,13 @@ def test_unknown_topology_and_missing_compiler(monkeypatch):
     plan.topology_devices("v4-8")
 
 
-def test_plan_cli_on_v4_8_and_v5e_16():
-  out = subprocess.run(
-      [sys.executable, "-m", "flan_jax", "plan", "--gin_file=runs/finetune.gin", "--gin_file=models/tiny.gin",
-       "--gin.T5Config.vocab_size=384", "--gin.TASK_FEATURE_LENGTHS={'inputs': 128, 'targets': 32}",
-       "--gin.BATCH_SIZE=16", "--topology", "v4-8", "--topology", "v5e-16", "--mesh", "auto"],
-      cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-3000:]
-  lines = out.stdout.splitlines()
+def test_plan_cli_on_v4_8_and_v5e_16(capsys):
+  code = cli.main(["plan", "--gin_file=runs/finetune.gin", "--gin_file=models/tiny.gin",
+                   "--gin.T5Config.vocab_size=384", "--gin.TASK_FEATURE_LENGTHS={'inputs': 128, 'targets': 32}",
+                   "--gin.BATCH_SIZE=16", "--topology", "v4-8", "--topology", "v5e-16", "--mesh", "auto"])
+  out = capsys.readouterr()
+  assert code == 0, out.err[-3000:]
+  lines = out.out.splitlines()
   assert "v4-8: 4 chips, 1 host x 4; mesh data=4 x model=1, remat=False, microbatches=1; 16 rows per host" in lines
   assert "v5e-16: 16 chips, 4 hosts x 4; mesh data=16 x model=1, remat=False, microbatches=1; 4 rows per host" in lines
   fits = [line for line in lines if "GiB HBM" in line]
