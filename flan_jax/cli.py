@@ -322,7 +322,9 @@ def main(argv=None) -> int:
   """Runs one command; returns the exit code (2 for bad input). Other exceptions propagate."""
   argv = sys.argv[1:] if argv is None else argv
   try:
-    from flan_jax import distributed, gin_utils  # noqa: F401  (distributed: gin-configurable, registered first)
+    import gin
+    with gin.unlock_config():  # a command after another in one process: its config is locked by then
+      from flan_jax import distributed, gin_utils  # noqa: F401  (distributed: gin-configurable, registered first)
     bindings, rest = gin_utils.split_gin_bindings(argv)
     args = build_parser().parse_args(rest)
     args.gin_bindings = bindings
