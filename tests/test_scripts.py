@@ -59,3 +59,7 @@ def test_train_and_decode_benchmarks_run_on_a_tiny_model():
   assert "Greedy (2/2 rows identical" in out.stdout and "Beam search, 4 beams (2/2 rows identical" in out.stdout
   difference = float(re.search(r"max difference ([0-9.e+-]+)", out.stdout).group(1))
   assert difference < 1e-4
+  out = _run(sys.executable, "scripts/bench_matmul.py", "--tiny", "--tokens", "64")
+  assert out.returncode == 0, out.stdout + out.stderr
+  rows = [line.split("|") for line in out.stdout.splitlines() if line.startswith("| ") and "GFLOP/s" not in line]
+  assert len(rows) == 4 and all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows), out.stdout

@@ -1,0 +1,62 @@
+"""XLA's matmuls against torch's on this CPU, on the kinds of matmul a train step of the Flan-T5-small shape runs.
+
+    .venv/bin/python scripts/bench_matmul.py [--tokens 1024]
+
+Why: the train step is mostly matmuls, so on a CPU where XLA's matmuls are no faster than torch's, flan-jax
+cannot be much faster than transformers whatever else it saves (BENCHMARKS.md). Best of 10 calls each, float32;
+also prints which library XLA's CPU backend hands its dots to.
+"""
+
+import argparse
+import re
+import time
+
+import numpy as np
+
+from bench_train import SMALL, TINY
+
+
+def best_time(fn, repeats=10):
+  fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--tokens", type=int, default=1024, help="rows of the projections (batch x length)")
+  parser.add_argument("--tiny", action="store_true", help="a tiny model: checks that the script runs")
+  args = parser.parse_args()
+  import jax
+  import jax.numpy as jnp
+  import torch
+  c = {**SMALL, **TINY} if args.tiny else SMALL
+  tokens, d, inner, length = args.tokens, c["d_model"], c["num_heads"] * c["d_kv"], args.tokens // 8
+  shapes = {"projection [tokens, d_model] x [d_model, heads x d_kv]": ((tokens, d), (d, inner)),
+            "MLP [tokens, d_model] x [d_model, d_ff]": ((tokens, d), (d, c["d_ff"])),
+            "logits [tokens, d_model] x [d_model, vocab]": ((tokens, d), (d, c["vocab_size"])),
+            "attention scores [8, heads, length, d_kv] x [8, heads, d_kv, length]":
+                ((8, c["num_heads"], length, c["d_kv"]), (8, c["num_heads"], c["d_kv"], length))}
+  hlo = jax.jit(jnp.matmul).lower(np.ones((64, 64), np.float32), np.ones((64, 64), np.float32)).compile().as_text()
+  library = sorted(set(re.findall(r'"kind":"__(\w+)_fusion"', hlo))) or ["XLA's own dot emitter"]
+  print(f"XLA's CPU backend runs dots with: {', '.join(library)}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads")
+  print(f"| matmul ({tokens} tokens, float32) | XLA GFLOP/s | torch GFLOP/s | XLA / torch |")
+  print("|---|---:|---:|---:|")
+  for name, (shape_a, shape_b) in shapes.items():
+    a = np.random.default_rng(0).standard_normal(shape_a, np.float32)
+    b = np.random.default_rng(1).standard_normal(shape_b, np.float32)
+    flops = 2 * np.prod(shape_a) * shape_b[-1]
+    matmul, ja, jb = jax.jit(jnp.matmul), jnp.asarray(a), jnp.asarray(b)
+    xla = flops / best_time(lambda: matmul(ja, jb).block_until_ready()) / 1e9
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    ref = flops / best_time(lambda: ta @ tb) / 1e9
+    print(f"| {name} | {xla:.0f} | {ref:.0f} | {xla / ref:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+  main()
