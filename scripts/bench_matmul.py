@@ -9,21 +9,11 @@ also prints which library XLA's CPU backend hands its dots to.
 
 import argparse
 import re
-import time
 
 import numpy as np
 
+from bench_decode import best_of
 from bench_train import SMALL, TINY
-
-
-def best_time(fn, repeats=10):
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return min(times)
 
 
 def main():
@@ -52,9 +42,10 @@ def main():
     b = np.random.default_rng(1).standard_normal(shape_b, np.float32)
     flops = 2 * np.prod(shape_a) * shape_b[-1]
     matmul, ja, jb = jax.jit(jnp.matmul), jnp.asarray(a), jnp.asarray(b)
-    xla = flops / best_time(lambda: matmul(ja, jb).block_until_ready()) / 1e9
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    ref = flops / best_time(lambda: ta @ tb) / 1e9
+    ours, theirs = lambda: matmul(ja, jb).block_until_ready(), lambda: ta @ tb
+    ours(), theirs()  # warm-up (XLA compiles)
+    xla, ref = flops / best_of(ours, 10) / 1e9, flops / best_of(theirs, 10) / 1e9
     print(f"| {name} | {xla:.0f} | {ref:.0f} | {xla / ref:.2f}x |", flush=True)
 
 
