@@ -341,6 +341,8 @@ def run(argv=None) -> NoReturn:
   (checkpoint saves, TensorBoard writers, tf.data prefetching) are still running: a hung process would hold
   a TPU slice. A successful one exits normally, so jax.distributed shuts down cleanly."""
   hugepages.reexec_with_hugepages()
+  # Progress lines reach a log file or pipe as they are printed: a run killed by a preemption keeps its last lines.
+  sys.stdout.reconfigure(line_buffering=True)
   try:
     code = main(argv)
   except KeyboardInterrupt:

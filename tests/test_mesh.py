@@ -1,5 +1,5 @@
-"""Checkpoints on other meshes: inference, scoring and export sharded over 8 fake devices equal one device, and a
-checkpoint written on a 4x2 mesh trains on, restores and exports from 1x8 and from a single device."""
+"""Other meshes: training on a 4x2 mesh of 8 fake devices equals one device; inference, scoring and export sharded
+over them equal one device; and a checkpoint written on 4x2 trains on, restores and exports from 1x8 and one device."""
 
 import json
 import os
@@ -17,13 +17,18 @@ ONE_DEVICE = ["--gin.make_mesh.data_parallel=1", "--gin.make_mesh.model_parallel
 
 
 @pytest.fixture(scope="module")
-def trained_on_4x2(tmp_path_factory):
-  """The demo model after 2 steps on a 4x2 mesh (8 fake devices)."""
+def run_on_4x2(tmp_path_factory):
+  """The demo model trained for 2 steps on a 4x2 mesh (8 fake devices): its directory and its output."""
   model_dir = tmp_path_factory.mktemp("mesh") / "run"
   result = run_subprocess(model_dir, 2, "--gin.make_mesh.data_parallel=4", "--gin.make_mesh.model_parallel=2",
                           HEADS, env=EIGHT)
   assert result.returncode == 0, result.stdout + result.stderr
-  return str(model_dir)
+  return str(model_dir), result.stdout
+
+
+@pytest.fixture(scope="module")
+def trained_on_4x2(run_on_4x2):
+  return run_on_4x2[0]
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +92,32 @@ def test_export_from_sharded_params_is_byte_identical(trained_on_4x2, tmp_path):
   tensors = load_file(str(tmp_path / "one" / "model.safetensors"))
   params = checkpoints.restore(ckpt)[0]
   assert np.array_equal(tensors["lm_head.weight"], np.asarray(params["decoder"]["logits_dense"]["kernel"]).T)
+
+
+def test_training_on_4x2_equals_one_device(run_on_4x2, tmp_path):
+  """The same 2 steps on 8 fake CPU devices as a 4x2 mesh and on this process's one device."""
+  model_dir, output = run_on_4x2
+  one = str(tmp_path / "one")
+  lines = run_in_process(one, 2, HEADS, "--gin.make_mesh.data_parallel=1")
+  assert any(line.startswith("mesh data=1 model=1 over 1 of ") for line in lines)
+  assert "mesh data=4 model=2 over 8 of 8 devices" in output
+  # Parameters really are split over 'model' (t5x rules: vocab, mlp, heads/joined_kv on 'model').
+  assert "decoder/logits_dense/kernel P(None, 'model')" in output
+  assert "encoder/layers_0/mlp/wi_0/kernel P(None, 'model')" in output
+  a, b = train_losses(one), train_losses(model_dir)
+  assert sorted(a) == sorted(b) == [1, 2]
+  assert max(abs(a[s] - b[s]) for s in a) <= 1e-5, (a, b)
+  assert a[2] < a[1]
+  diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(_params(one, 2), _params(model_dir, 2)))
+  assert diff <= 1e-5, diff
+
+
+def test_a_batch_that_does_not_split_over_data_is_one_line(tmp_path):
+  result = run_subprocess(tmp_path / "bad", 4, "--gin.make_mesh.data_parallel=4", "--gin.BATCH_SIZE=6", env=EIGHT)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == \
+      "flan-jax: error: BATCH_SIZE=6 is not divisible by the data-parallel size 4"
+  assert not (tmp_path / "bad").exists()
 
 
 def test_a_4x2_checkpoint_resumes_on_1x8_then_on_one_device(trained_on_4x2, tmp_path):

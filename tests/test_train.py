@@ -1,4 +1,4 @@
-"""Training: mesh-sharded steps equal single-device ones, exact resume, crash safety, NaN stop, bad input."""
+"""Training: exact resume, crash safety, NaN stop, microbatches, bad input, entry points (meshes: test_mesh.py)."""
 
 import json
 import os
@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import gin
 import jax
 import numpy as np
 import pytest
@@ -50,26 +51,18 @@ def train_losses(model_dir):
   return {r["step"]: r["train/loss"] for r in logs.read_log(str(model_dir)) if "train/loss" in r}
 
 
-def test_mesh_4x2_equals_one_device(tmp_path):
-  """The same 4 steps on 1 device (this process's) and on 8 fake CPU devices as a 4x2 mesh."""
-  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  one = run_in_process(str(tmp_path / "one"), 4, "--gin.make_mesh.data_parallel=1")
-  mesh = run_subprocess(tmp_path / "mesh", 4, "--gin.make_mesh.data_parallel=4",
-                        "--gin.make_mesh.model_parallel=2", env=env)
-  assert mesh.returncode == 0, mesh.stdout + mesh.stderr
-  assert any(line.startswith("mesh data=1 model=1 over 1 of ") for line in one)
-  assert "mesh data=4 model=2 over 8 of 8 devices" in mesh.stdout
-  # Parameters really are split over 'model' (t5x rules: vocab, mlp, heads/joined_kv on 'model').
-  assert "decoder/logits_dense/kernel P(None, 'model')" in mesh.stdout
-  assert "encoder/layers_0/mlp/wi_0/kernel P(None, 'model')" in mesh.stdout
-  bad = run_subprocess(tmp_path / "bad", 4, "--gin.make_mesh.data_parallel=4", "--gin.BATCH_SIZE=6", env=env)
-  assert bad.returncode == 2
-  assert bad.stderr.strip().splitlines()[-1] == \
-      "flan-jax: error: BATCH_SIZE=6 is not divisible by the data-parallel size 4"
-  a, b = train_losses(tmp_path / "one"), train_losses(tmp_path / "mesh")
-  assert sorted(a) == sorted(b) == [1, 2, 3, 4]
-  assert max(abs(a[s] - b[s]) for s in a) <= 1e-5, (a, b)
-  assert a[4] < a[1]
+@pytest.fixture(scope="module")
+def two_steps(tmp_path_factory):
+  """The base run for 2 steps on this process's one device, a checkpoint every step: the reference or the starting
+  point of several tests (which copy it before writing to it)."""
+  model_dir = str(tmp_path_factory.mktemp("two_steps") / "run")
+  run_in_process(model_dir, 2, "--gin.train.checkpoint_period=1")
+  gin.clear_config()
+  return model_dir
+
+
+def _copy(model_dir, tmp_path):
+  return shutil.copytree(model_dir, str(tmp_path / "run"))
 
 
 def _params(model_dir, step):
@@ -112,11 +105,17 @@ def _wait_for(path, proc, timeout=300):
 
 
 def test_sigkill_mid_training_resumes_from_last_complete_checkpoint(tmp_path):
+  """The killed run is `python -m flan_jax.train`, which must train too (its module, run as __main__, must not
+  register gin configurables twice), and its progress lines, printed into a pipe, must outlive the kill."""
   model_dir = str(tmp_path / "run")
-  proc = run_subprocess(model_dir, 500, "--gin.train.checkpoint_period=2", wait=False)
+  cmd = [sys.executable, "-m", "flan_jax.train"] + _bindings(model_dir, 500, "--gin.train.checkpoint_period=2")
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as a user's shell would have it
+  proc = subprocess.Popen(cmd, env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
   _wait_for(os.path.join(model_dir, "checkpoints", "4", "meta"), proc)
   proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  output = proc.communicate()[0]
+  assert "step 4/500" in output, output[-2000:]
   root, step, _ = checkpoints.read_meta(os.path.join(model_dir, "checkpoints"))
   assert step >= 4
   lines = run_in_process(model_dir, step + 2, "--gin.train.checkpoint_period=2")
@@ -139,9 +138,8 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
   assert checkpoints.locate(ckpts)[1] == 4
 
 
-def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):
-  model_dir = str(tmp_path / "run")
-  run_in_process(model_dir, 2, "--gin.train.checkpoint_period=1")
+def test_nan_stops_training_and_keeps_last_good_checkpoint(two_steps, tmp_path):
+  model_dir = _copy(two_steps, tmp_path)
   # An infinite learning rate makes step 3's update Inf; step 3 must not be saved.
   with pytest.raises(train.TrainingDiverged, match=r"the update made the parameters NaN or Inf at step 3; training "
                                                    r"stopped, the last good checkpoint is kept \(step 2\)"):
@@ -152,11 +150,11 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):
   assert all(np.all(np.isfinite(np.asarray(p))) for p in jax.tree.leaves(params))
 
 
-def test_refuses_checkpoint_of_another_model(tmp_path):
-  model_dir = str(tmp_path / "run")
-  run_in_process(model_dir, 1)
+def test_refuses_checkpoint_of_another_model(two_steps, tmp_path):
+  model_dir = _copy(two_steps, tmp_path)
   with pytest.raises(UserError, match="d_model: 32 != 64"):
-    run_in_process(model_dir, 2, "--gin.T5Config.d_model=32")
+    run_in_process(model_dir, 3, "--gin.T5Config.d_model=32")
+  assert checkpoints.locate(os.path.join(model_dir, "checkpoints"))[1] == 2
 
 
 def test_unknown_mixture_and_bad_microbatches(tmp_path):
@@ -166,9 +164,8 @@ def test_unknown_mixture_and_bad_microbatches(tmp_path):
     run_in_process(str(tmp_path / "b"), 1, "--gin.train.num_microbatches=3")
 
 
-def test_microbatches_equal_the_full_batch(tmp_path):
-  full, micro = str(tmp_path / "full"), str(tmp_path / "micro")
-  run_in_process(full, 2)
+def test_microbatches_equal_the_full_batch(two_steps, tmp_path):
+  full, micro = two_steps, str(tmp_path / "micro")
   run_in_process(micro, 2, "--gin.train.num_microbatches=4")
   a, b = train_losses(full), train_losses(micro)
   assert abs(a[2] - b[2]) <= 1e-5
@@ -210,15 +207,9 @@ def test_a_task_module_with_its_own_gin_configurable(tmp_path, monkeypatch):
   assert checkpoints.locate(str(tmp_path / "run" / "checkpoints"))[1] == 1
 
 
-def test_python_dash_m_entry_points(tmp_path):
-  """`python -m flan_jax.train` trains (its module, run as __main__, must not register gin configurables
-  twice); `python -m flan_jax COMMAND` reaches the same command line."""
+def test_python_dash_m_entry_point(tmp_path):
+  """`python -m flan_jax COMMAND` reaches the same command line (`python -m flan_jax.train`: the SIGKILL test)."""
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-  cmd = [sys.executable, "-m", "flan_jax.train"] + _bindings(str(tmp_path / "run"), 1)
-  result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert "step 1/1" in result.stdout and "done: steps 0 -> 1" in result.stdout
-  assert checkpoints.locate(str(tmp_path / "run" / "checkpoints"))[1] == 1
   result = subprocess.run([sys.executable, "-m", "flan_jax", "train", "--help"], capture_output=True, text=True,
                           timeout=300, cwd=tmp_path, env=env)
   assert result.returncode == 0 and result.stdout.startswith("usage: flan-jax train"), result.stderr[-2000:]
