@@ -2,7 +2,7 @@
 no TPU), with per-chip memory checked against the sizes of what the step holds."""
 
 import dataclasses
-import os
+import functools
 import re
 
 import jax
@@ -21,6 +21,13 @@ TINY = T5Config(vocab_size=1024, d_model=256, d_ff=512, num_heads=4, d_kv=64, nu
 LENGTHS = {"inputs": 128, "targets": 128}
 
 
+@functools.cache
+def _tiny_step(name, data, model):
+  """TINY's train step (batch 32, default gin settings) compiled for `name` as data x model; several tests read it."""
+  return plan.compile_step(TINY, adafactor(), plan.topology_devices(name), plan.TOPOLOGIES[name], data, model,
+                           batch_size=32, lengths=LENGTHS)
+
+
 def _bytes(tree, specs, mesh_shape):
   return partitioning.per_device_bytes(tree, specs, mesh_shape)
 
@@ -29,7 +36,7 @@ def _bytes(tree, specs, mesh_shape):
 def test_compiled_arguments_are_the_sharded_state_and_batch(name, data, model):
   tx = adafactor()
   devices = plan.topology_devices(name)
-  result = plan.compile_step(TINY, tx, devices, plan.TOPOLOGIES[name], data, model, batch_size=32, lengths=LENGTHS)
+  result = _tiny_step(name, data, model)
   assert result.error is None and result.fits
   assert result.chips == len(devices) == data * model
   # What one chip holds of the inputs: its shard of parameters and Adafactor state, its rows of the 8 batch
@@ -191,8 +198,8 @@ def test_parameters_over_data_shard_weights_and_optimizer_state_over_both_axes()
   args = {}
   for over_data in (False, True):
     gin.bind_parameter("logical_axis_rules.parameters_over_data", over_data)
-    result = plan.compile_step(TINY, adafactor(), devices, plan.TOPOLOGIES["v5e-16"], 4, 4, batch_size=32,
-                               lengths=LENGTHS)
+    result = _tiny_step("v5e-16", 4, 4) if not over_data else plan.compile_step(
+        TINY, adafactor(), devices, plan.TOPOLOGIES["v5e-16"], 4, 4, batch_size=32, lengths=LENGTHS)
     assert result.error is None and result.fits and result.parameters_over_data == over_data
     args[over_data] = result.arguments
   assert "parameters over data" in result.lines(32)[0]
