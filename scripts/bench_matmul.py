@@ -26,28 +26,37 @@ def main():
   import torch
   c = {**SMALL, **TINY} if args.tiny else SMALL
   tokens, d, inner, length = args.tokens, c["d_model"], c["num_heads"] * c["d_kv"], args.tokens // 8
-  shapes = {"projection [tokens, d_model] x [d_model, heads x d_kv]": ((tokens, d), (d, inner)),
-            "MLP [tokens, d_model] x [d_model, d_ff]": ((tokens, d), (d, c["d_ff"])),
-            "logits [tokens, d_model] x [d_model, vocab]": ((tokens, d), (d, c["vocab_size"])),
-            "attention scores [8, heads, length, d_kv] x [8, heads, d_kv, length]":
-                ((8, c["num_heads"], length, c["d_kv"]), (8, c["num_heads"], c["d_kv"], length))}
+  heads = (8, c["num_heads"], length)  # attention: batch 8, per head
+  # name: (XLA's einsum as flan_jax.models.t5 writes it, torch's matmul as transformers' T5 and autograd run it,
+  # the operands' shapes)
+  kinds = {"projection [tokens, d_model] x [d_model, heads x d_kv]":
+               ("td,di->ti", lambda a, b: a @ b, (tokens, d), (d, inner)),
+           "MLP [tokens, d_model] x [d_model, d_ff]": ("td,df->tf", lambda a, b: a @ b, (tokens, d), (d, c["d_ff"])),
+           "logits [tokens, d_model] x [d_model, vocab]":
+               ("td,dv->tv", lambda a, b: a @ b, (tokens, d), (d, c["vocab_size"])),
+           "attention scores q k^T (per head [length, d_kv] x [length, d_kv]^T)":
+               ("bhqd,bhkd->bhqk", lambda q, k: q @ k.transpose(-1, -2), heads + (c["d_kv"],), heads + (c["d_kv"],)),
+           "attention p v (per head [length, length] x [length, d_kv])":
+               ("bhqk,bhkd->bhqd", lambda p, v: p @ v, heads + (length,), heads + (c["d_kv"],)),
+           "attention gradient dv = p^T do (per head [length, length]^T x [length, d_kv])":
+               ("bhqk,bhqd->bhkd", lambda p, g: p.transpose(-1, -2) @ g, heads + (length,), heads + (c["d_kv"],))}
   hlo = jax.jit(jnp.matmul).lower(np.ones((64, 64), np.float32), np.ones((64, 64), np.float32)).compile().as_text()
   library = sorted(set(re.findall(r'"kind":"__(\w+)_fusion"', hlo))) or ["XLA's own dot emitter"]
   print(f"XLA's CPU backend runs dots with: {', '.join(library)}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads")
   print(f"| matmul ({tokens} tokens, float32) | XLA GFLOP/s | torch GFLOP/s | XLA / torch |")
   print("|---|---:|---:|---:|")
-  for name, (shape_a, shape_b) in shapes.items():
+  for name, (equation, torch_matmul, shape_a, shape_b) in kinds.items():
     a = np.random.default_rng(0).standard_normal(shape_a, np.float32)
     b = np.random.default_rng(1).standard_normal(shape_b, np.float32)
-    flops = 2 * np.prod(shape_a) * shape_b[-1]
-    matmul, ja, jb = jax.jit(jnp.matmul), jnp.asarray(a), jnp.asarray(b)
+    sizes = dict(zip(equation.split("->")[0].replace(",", ""), shape_a + shape_b))
+    flops = 2 * np.prod(list(sizes.values()))  # a multiply and an add for every combination of the indices
+    matmul, ja, jb = jax.jit(lambda x, y, e=equation: jnp.einsum(e, x, y)), jnp.asarray(a), jnp.asarray(b)
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    ours, theirs = lambda: matmul(ja, jb).block_until_ready(), lambda: ta @ tb
+    ours, theirs = lambda: matmul(ja, jb).block_until_ready(), lambda: torch_matmul(ta, tb)
     ours(), theirs()  # warm-up (XLA compiles)
     xla, ref = flops / best_of(ours, 10) / 1e9, flops / best_of(theirs, 10) / 1e9
     print(f"| {name} | {xla:.0f} | {ref:.0f} | {xla / ref:.2f}x |", flush=True)
-
 
 if __name__ == "__main__":
   main()
