@@ -9,11 +9,14 @@ Three measurements, each side by side in this run (best of --repeats calls after
 - rank classification (MMLU's 4 options, --input_length prompt tokens, 2-token options): `decoding.score_options`
   (the encoder once per prompt) against transformers scoring each (prompt, option) pair, as lm-eval-harness does,
   and against transformers with the encoder run once per prompt; log-likelihoods compared.
+Greedy and beam search also run compiled without decoding.LOOP_COMPILER_OPTIONS (XLA's default CPU dots,
+YNNPACK), to show what those options change.
 Weights are random with the Flan-T5-small shape (from ../shared/data/hf/flan-t5-small/config.json, or built in);
 a random model practically never emits EOS, so both decode --new_tokens tokens.
 """
 
 import argparse
+import functools
 import json
 import os
 import tempfile
@@ -57,6 +60,16 @@ def table(title, rows, work, unit):
   for name, seconds in rows:
     print(f"| {name} | {seconds:.3f} | {work / seconds:.0f} |")
   print(f"ratio flan-jax / transformers: {rows[1][1] / rows[0][1]:.2f}x")
+  if len(rows) > 2 and rows[2][0] == DEFAULT_DOTS:
+    print(f"ratio flan-jax / flan-jax with XLA's default dots: {rows[2][1] / rows[0][1]:.2f}x")
+
+
+DEFAULT_DOTS = "flan-jax, dots in YNNPACK (XLA's CPU default)"
+
+
+def with_default_dots(fn, **static):
+  """A decode loop compiled without decoding.LOOP_COMPILER_OPTIONS: what those options change."""
+  return jax.jit(functools.partial(fn.__wrapped__, **static))
 
 
 def main():
@@ -95,18 +108,27 @@ def main():
       params, enc_j, jax.random.key(0), config=ours_config, max_length=args.new_tokens)[0]))
   generate = lambda **kw: lambda: model.generate(input_ids=enc_t, max_new_tokens=args.new_tokens, **kw).numpy()
   hf_greedy = torch.no_grad()(generate(do_sample=False))
+  default_sample = with_default_dots(decoding.sample, config=ours_config, max_length=args.new_tokens)
+  greedy_default_dots = lambda: np.asarray(jax.block_until_ready(default_sample(params, enc_j, jax.random.key(0))[0]))
   same = agreement(greedy(), hf_greedy()[:, 1:])
+  print(f"\nflan-jax with XLA's default dots against without: {agreement(greedy_default_dots(), greedy())}")
   table(f"Greedy ({same})", [("flan-jax (jit, KV cache)", best_of(greedy, args.repeats)),
-                              ("transformers generate", best_of(hf_greedy, args.repeats))], new, "new tokens/s")
+                              ("transformers generate", best_of(hf_greedy, args.repeats)),
+                              (DEFAULT_DOTS, best_of(greedy_default_dots, args.repeats))], new, "new tokens/s")
 
   # Beam search, no length penalty on either side.
   beam = lambda: np.asarray(jax.block_until_ready(decoding.beam_search(
       params, enc_j, config=ours_config, max_length=args.new_tokens, beam_size=args.beams, alpha=0.0)[0]))
   hf_beam = torch.no_grad()(generate(do_sample=False, num_beams=args.beams, length_penalty=0.0))
+  default_beam = with_default_dots(decoding.beam_search, config=ours_config, max_length=args.new_tokens,
+                                   beam_size=args.beams, alpha=0.0)
+  beam_default_dots = lambda: np.asarray(jax.block_until_ready(default_beam(params, enc_j)[0]))
   same = agreement(beam(), hf_beam()[:, 1:])
+  print(f"\nflan-jax with XLA's default dots against without: {agreement(beam_default_dots(), beam())}")
   table(f"Beam search, {args.beams} beams ({same})",
         [("flan-jax beam_search", best_of(beam, args.repeats)),
-         (f"transformers generate(num_beams={args.beams})", best_of(hf_beam, args.repeats))], new, "new tokens/s")
+         (f"transformers generate(num_beams={args.beams})", best_of(hf_beam, args.repeats)),
+         (DEFAULT_DOTS, best_of(beam_default_dots, args.repeats))], new, "new tokens/s")
 
   # Rank classification over 4 two-token options ("(A)" ... as MMLU's answers are short).
   targets = rng.integers(2, 32000, (OPTIONS, 2))

@@ -56,6 +56,7 @@ def test_train_and_decode_benchmarks_run_on_a_tiny_model():
              "--new_tokens", "4", "--repeats", "1")
   assert out.returncode == 0, out.stdout + out.stderr
   assert out.stdout.count("ratio flan-jax / transformers") == 4  # greedy, beam, scoring (two peers)
+  assert out.stdout.count("ratio flan-jax / flan-jax with XLA's default dots") == 2  # greedy, beam
   assert "Greedy (2/2 rows identical" in out.stdout and "Beam search, 4 beams (2/2 rows identical" in out.stdout
   difference = float(re.search(r"max difference ([0-9.e+-]+)", out.stdout).group(1))
   assert difference < 1e-4
