@@ -13,8 +13,8 @@ from flan_jax.models import T5, T5Config
 from flan_jax.models.t5 import NEG_INF
 
 # The decode loops' matmuls have a few rows each (batch x beams). On the CPU, XLA's own dot emitter runs them
-# faster than YNNPACK, to which XLA hands dots by default: BENCHMARKS.md, "Decoding on the CPU" (greedy at batch
-# 8 1.28x, beam search 1.18x). A CPU option only: TPU and GPU compiles ignore it.
+# faster than YNNPACK, to which XLA hands dots by default: BENCHMARKS.md, "Decoding on the AVX2 CPU" (greedy at
+# batch 8 1.26-1.28x). A CPU option: libtpu's compiler accepts it and ignores it (flan-jax plan's decode compile).
 LOOP_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 EOS_ID = 1

@@ -30,14 +30,14 @@ def main():
   # name: (XLA's einsum as flan_jax.models.t5 writes it, torch's matmul as transformers' T5 and autograd run it,
   # the operands' shapes)
   kinds = {"projection [tokens, d_model] x [d_model, heads x d_kv]":
-               ("td,di->ti", lambda a, b: a @ b, (tokens, d), (d, inner)),
-           "MLP [tokens, d_model] x [d_model, d_ff]": ("td,df->tf", lambda a, b: a @ b, (tokens, d), (d, c["d_ff"])),
+               ("td,di->ti", torch.matmul, (tokens, d), (d, inner)),
+           "MLP [tokens, d_model] x [d_model, d_ff]": ("td,df->tf", torch.matmul, (tokens, d), (d, c["d_ff"])),
            "logits [tokens, d_model] x [d_model, vocab]":
-               ("td,dv->tv", lambda a, b: a @ b, (tokens, d), (d, c["vocab_size"])),
+               ("td,dv->tv", torch.matmul, (tokens, d), (d, c["vocab_size"])),
            "attention scores q k^T (per head [length, d_kv] x [length, d_kv]^T)":
                ("bhqd,bhkd->bhqk", lambda q, k: q @ k.transpose(-1, -2), heads + (c["d_kv"],), heads + (c["d_kv"],)),
            "attention p v (per head [length, length] x [length, d_kv])":
-               ("bhqk,bhkd->bhqd", lambda p, v: p @ v, heads + (length,), heads + (c["d_kv"],)),
+               ("bhqk,bhkd->bhqd", torch.matmul, heads + (length,), heads + (c["d_kv"],)),
            "attention gradient dv = p^T do (per head [length, length]^T x [length, d_kv])":
                ("bhqk,bhqd->bhkd", lambda p, g: p.transpose(-1, -2) @ g, heads + (length,), heads + (c["d_kv"],))}
   hlo = jax.jit(jnp.matmul).lower(np.ones((64, 64), np.float32), np.ones((64, 64), np.float32)).compile().as_text()
@@ -57,6 +57,7 @@ def main():
     ours(), theirs()  # warm-up (XLA compiles)
     xla, ref = flops / best_of(ours, 10) / 1e9, flops / best_of(theirs, 10) / 1e9
     print(f"| {name} | {xla:.0f} | {ref:.0f} | {xla / ref:.2f}x |", flush=True)
+
 
 if __name__ == "__main__":
   main()

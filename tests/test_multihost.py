@@ -1,9 +1,8 @@
 """Several processes (jax.distributed over gloo, fake CPU devices): 2 processes train exactly as 1 process on one
 device (this test's), whichever way the mesh's axes cross the processes; a mesh that cannot be laid out is one
-error. The reference runs on one device because a mesh's layout changes no loss beyond 1e-5 (test_train's 4x2
+error. The reference runs on one device because a mesh's layout changes no loss beyond 1e-5 (test_mesh's 4x2
 test); what is tested here is that the processes together compute what one does."""
 
-import gin
 import numpy as np
 import pytest
 
@@ -55,7 +54,6 @@ def one_process(tmp_path_factory):
   model_dir = tmp_path_factory.mktemp("single") / "run"
   lines = run_in_process(str(model_dir), 3, "--gin.make_mesh.data_parallel=1")
   assert any("data shard 0 of 1, 8 rows a step from this process" in line for line in lines)
-  gin.clear_config()  # a module fixture runs outside the per-test gin cleanup
   return model_dir
 
 

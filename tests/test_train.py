@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import gin
 import jax
 import numpy as np
 import pytest
@@ -57,7 +56,6 @@ def two_steps(tmp_path_factory):
   point of several tests (which copy it before writing to it)."""
   model_dir = str(tmp_path_factory.mktemp("two_steps") / "run")
   run_in_process(model_dir, 2, "--gin.train.checkpoint_period=1")
-  gin.clear_config()
   return model_dir
 
 
