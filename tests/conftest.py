@@ -31,6 +31,22 @@ def pytest_sessionfinish(session):
   if _OWN_CACHE:  # the process that made it: the controller (after every worker) or a lone run
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
+# `make test` runs files on 2 pytest-xdist workers (--dist loadfile), which by default start files with the most
+# tests first. Longest first instead (their times in a full run), so that at the end neither worker is left alone
+# with a long file while the other has nothing to do.
+LONGEST_FILES_FIRST = ["test_train.py", "test_multihost.py", "test_mesh.py", "test_plan.py", "test_gcs.py",
+                       "test_inference.py", "test_scripts.py", "test_lora.py"]
+
+
+def pytest_configure(config):
+  if hasattr(config.option, "loadscopereorder"):  # pytest-xdist's: keep the order below
+    config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
 
 @pytest.fixture(autouse=True)
 def _clean_gin():
