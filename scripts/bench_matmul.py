@@ -46,7 +46,8 @@ def main():
                ("bhqk,bhkd->bhqd", torch.matmul, heads + (length,), heads + (c["d_kv"],)),
            "attention gradient dv = p^T do (per head [length, length]^T x [length, d_kv])":
                ("bhqk,bhqd->bhkd", lambda p, g: p.transpose(-1, -2) @ g, heads + (length,), heads + (c["d_kv"],))}
-  hlo = jax.jit(jnp.matmul, compiler_options=options).lower(np.ones((64, 64), np.float32), np.ones((64, 64), np.float32)).compile().as_text()
+  square = np.ones((64, 64), np.float32)
+  hlo = jax.jit(jnp.matmul, compiler_options=options).lower(square, square).compile().as_text()
   library = sorted(set(re.findall(r'"kind":"__(\w+)_fusion"', hlo))) or ["XLA's own dot emitter"]
   print(f"XLA's CPU backend runs dots with: {', '.join(library)}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads")

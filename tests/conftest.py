@@ -31,6 +31,7 @@ def pytest_sessionfinish(session):
   if _OWN_CACHE:  # the process that made it: the controller (after every worker) or a lone run
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
+
 # `make test` runs files on 2 pytest-xdist workers (--dist loadfile), which by default start files with the most
 # tests first. Longest first instead (their times in a full run), so that at the end neither worker is left alone
 # with a long file while the other has nothing to do.
