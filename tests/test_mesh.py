@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from flan_jax import checkpoints, cli
-from test_train import _free_port, _params, run_cli, run_in_process, run_subprocess, train_losses
+from test_train import _free_port, _params, params_difference, run_cli, run_in_process, run_subprocess, train_losses
 
 HEADS = "--gin.T5Config.num_heads=8"  # the demo model with 8 heads, so that 'model' can be 8 ways
 EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
@@ -108,8 +108,7 @@ def test_training_on_4x2_equals_one_device(run_on_4x2, tmp_path):
   assert sorted(a) == sorted(b) == [1, 2]
   assert max(abs(a[s] - b[s]) for s in a) <= 1e-5, (a, b)
   assert a[2] < a[1]
-  diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(_params(one, 2), _params(model_dir, 2)))
-  assert diff <= 1e-5, diff
+  assert params_difference(one, model_dir, 2) <= 1e-5
 
 
 def test_a_batch_that_does_not_split_over_data_is_one_line(tmp_path):

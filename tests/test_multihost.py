@@ -3,11 +3,10 @@ device (this test's), whichever way the mesh's axes cross the processes; a mesh 
 error. The reference runs on one device because a mesh's layout changes no loss beyond 1e-5 (test_mesh's 4x2
 test); what is tested here is that the processes together compute what one does."""
 
-import numpy as np
 import pytest
 
 from flan_jax import checkpoints, logs
-from test_train import _free_port, _params, run_in_process, run_subprocess, train_losses
+from test_train import _free_port, params_difference, run_in_process, run_subprocess, train_losses
 
 
 def _two_processes(model_dir, steps, *flags, env=None, cwd=None):
@@ -70,9 +69,7 @@ def test_model_axis_across_processes_equals_one_process(mesh, one_process, tmp_p
   a, b = train_losses(one_process), train_losses(tmp_path / "multi")
   assert sorted(a) == sorted(b) == [1, 2, 3]
   assert max(abs(a[s] - b[s]) for s in a) <= 1e-5, (a, b)
-  diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-             for x, y in zip(_params(one_process, 3), _params(tmp_path / "multi", 3)))
-  assert diff <= 1e-5
+  assert params_difference(one_process, tmp_path / "multi", 3) <= 1e-5
 
 
 def test_a_mesh_that_cannot_be_laid_out_over_the_processes(tmp_path):

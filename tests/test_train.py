@@ -68,6 +68,12 @@ def _params(model_dir, step):
   return jax.tree.leaves(params)
 
 
+def params_difference(model_dir_a, model_dir_b, step):
+  """The largest absolute difference between two runs' parameters at checkpoint `step`."""
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+             for x, y in zip(_params(model_dir_a, step), _params(model_dir_b, step)))
+
+
 def test_exact_resume(tmp_path):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   run_in_process(straight, 6, "--gin.train.checkpoint_period=3", "--gin.DROPOUT_RATE=0.1")
@@ -78,9 +84,7 @@ def test_exact_resume(tmp_path):
   lines = run_in_process(resumed, 6, "--gin.train.checkpoint_period=3", "--gin.DROPOUT_RATE=0.1")
   assert any(line.startswith("resumed from") and line.endswith("/3") for line in lines)
   assert "restored the input position at step 3" in lines  # the saved tf.data iterator, no re-reading
-  diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-             for x, y in zip(_params(straight, 6), _params(resumed, 6)))
-  assert diff <= 1e-6
+  assert params_difference(straight, resumed, 6) <= 1e-6
   a, b = train_losses(straight), train_losses(resumed)
   assert all(abs(a[s] - b[s]) <= 1e-6 for s in (4, 5, 6))  # the same data stream after the resume
   assert sorted(b) == sorted(a)  # the killed run's row after the resumed step is not part of the curve
@@ -167,8 +171,7 @@ def test_microbatches_equal_the_full_batch(two_steps, tmp_path):
   run_in_process(micro, 2, "--gin.train.num_microbatches=4")
   a, b = train_losses(full), train_losses(micro)
   assert abs(a[2] - b[2]) <= 1e-5
-  diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(_params(full, 2), _params(micro, 2)))
-  assert diff <= 1e-5
+  assert params_difference(full, micro, 2) <= 1e-5
 
 
 def _free_port():
