@@ -37,7 +37,8 @@ def test_train_on_gcs_resumes_exactly_keeps_k_and_writes_its_logs(gcs, tmp_path)
             "--gin.train.best_metric='eval/demo_sort/accuracy'"]
   run_in_process(local, 6, *common)
 
-  proc = run_subprocess(remote, 500, *common, env=gcs, wait=False)  # killed mid-run, as a preempted VM
+  # Killed mid-run, as a preempted VM; its TensorBoard staging folder (logs.MetricWriter) stays in tmp_path.
+  proc = run_subprocess(remote, 500, *common, env={**gcs, "TMPDIR": str(tmp_path)}, wait=False)
   _wait_for_gcs(f"{remote}/checkpoints/4/commit_success.txt", proc)  # committed (no atomic rename on GCS)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
