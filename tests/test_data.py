@@ -161,8 +161,11 @@ def test_missing_template_field_surfaces_from_tf_data(tmp_path):
     _texts("test_missing_field")
 
 
-def test_tfds_tasks_preprocess_mock_examples_of_the_real_schema():
+def test_tfds_tasks_preprocess_mock_examples_of_the_real_schema(tmp_path, monkeypatch):
+  import tempfile
+
   import flan_jax_tasks.flan_tfds as flan_tfds
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # TFDS leaves an empty temp folder for each builder
   flan_tfds.register(byte_vocabulary())
   nli = {"yes", "it is not possible to tell", "no"}
   with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):

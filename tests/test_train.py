@@ -112,8 +112,9 @@ def test_sigkill_mid_training_resumes_from_last_complete_checkpoint(tmp_path):
   model_dir = str(tmp_path / "run")
   cmd = [sys.executable, "-m", "flan_jax.train"] + _bindings(model_dir, 500, "--gin.train.checkpoint_period=2")
   env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as a user's shell would have it
-  proc = subprocess.Popen(cmd, env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"}, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+  # TMPDIR: a save the kill interrupts leaves its staging folder in tmp_path, not in /tmp.
+  proc = subprocess.Popen(cmd, env={**env, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(tmp_path)},
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
   _wait_for(os.path.join(model_dir, "checkpoints", "4", "meta"), proc)
   proc.send_signal(signal.SIGKILL)
   output = proc.communicate()[0]
@@ -127,7 +128,9 @@ def test_sigkill_mid_training_resumes_from_last_complete_checkpoint(tmp_path):
 
 def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
   model_dir = str(tmp_path / "run")
-  result = run_subprocess(model_dir, 10, "--gin.train.checkpoint_period=2", env={"KILL_DURING_SAVE_STEP": "4"})
+  # TMPDIR: the killed save's staging folder (checkpoints.DataIteratorHandler) stays in tmp_path.
+  result = run_subprocess(model_dir, 10, "--gin.train.checkpoint_period=2",
+                          env={"KILL_DURING_SAVE_STEP": "4", "TMPDIR": str(tmp_path)})
   assert result.returncode == -signal.SIGKILL
   ckpts = os.path.join(model_dir, "checkpoints")
   assert any(name.startswith("4.") for name in os.listdir(ckpts))  # the half-written step, never committed
