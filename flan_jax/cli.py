@@ -182,6 +182,14 @@ def _train(args):
   train.train()
 
 
+def _findings(args):
+  from flan_jax import findings, gin_utils
+  import flan_jax.train  # noqa: F401  (registers train's gin configurable before the files are parsed)
+  gin_files = args.gin_file + (["runs/findings_quick.gin"] if args.quick else [])
+  gin_utils.parse(gin_files, args.gin_bindings, args.gin_search_paths)
+  findings.sweep(args.out)
+
+
 def _plan(args):
   from flan_jax import gin_utils, plan
   import flan_jax.train  # noqa: F401  (registers train's gin configurable before the files are parsed)
@@ -298,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
   _add_gin_flags(p)
   _add_process_flags(p)
   p.set_defaults(run=_train)
+
+  p = sub.add_parser("findings", help="the Flan paper's three findings (task count, model size, chain of thought)")
+  _add_gin_flags(p)
+  p.add_argument("--out", default="runs/findings", help="output directory (re-running skips the points done)")
+  p.add_argument("--quick", action="store_true", help="a few steps a point (adds runs/findings_quick.gin): a check")
+  p.set_defaults(run=_findings)
 
   p = sub.add_parser("plan", help="compile the train step for Cloud TPU topologies: per-chip memory, FLOPs, fits")
   _add_gin_flags(p)

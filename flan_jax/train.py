@@ -280,6 +280,13 @@ def _summary(model_dir, start_step, train_steps, seconds, metrics, evaluated, cu
                    (f"{100 * accuracy:8.1f}%" if accuracy is not None else f"{'-':>9}"))
     if "eval/average/accuracy" in evaluated:
       lines.append(f"  {'average':40} {'':8} {'':10} {100 * evaluated['eval/average/accuracy']:8.1f}%")
+    groups = {"held-in average": [t for t in tasks if "held_out" not in t],
+              "held-out average (never trained on)": [t for t in tasks if "held_out" in t]}
+    if all(groups.values()):  # task names with `held_out` in them are the ones never trained on
+      for label, names in groups.items():
+        values = [evaluated.get(f"eval/{t}/accuracy") for t in names]
+        if None not in values:
+          lines.append(f"  {label:40} {'':8} {'':10} {100 * np.mean(values):8.1f}%")
   lines += [f"checkpoints:       {ckpt}" + (f"  (best: {os.path.join(model_dir, 'best')})" if has_best else ""),
             f"TensorBoard:       tensorboard --logdir {model_dir}",
             f"log:               {os.path.join(model_dir, logs.LOG_FILE)}"]

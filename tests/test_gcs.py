@@ -33,8 +33,8 @@ def _wait_for_gcs(path, proc, timeout=300):
 def test_train_on_gcs_resumes_exactly_keeps_k_and_writes_its_logs(gcs, tmp_path):
   local, remote = str(tmp_path / "local"), f"{BUCKET}/run"
   common = ["--gin.train.checkpoint_period=2", "--gin.train.keep_checkpoints=2", "--gin.DROPOUT_RATE=0.1",
-            "--gin.EVAL_TASKS=['demo_sort']", "--gin.EVAL_PERIOD=6", "--gin.train.eval_max_examples=4",
-            "--gin.train.best_metric='eval/demo_sort/accuracy'"]
+            "--gin.EVAL_TASKS=['demo_held_in']", "--gin.EVAL_PERIOD=6", "--gin.train.eval_max_examples=4",
+            "--gin.train.best_metric='eval/demo_held_in/accuracy'"]
   run_in_process(local, 6, *common)
 
   # Killed mid-run, as a preempted VM; its TensorBoard staging folder (logs.MetricWriter) stays in tmp_path.
@@ -67,7 +67,7 @@ def test_train_on_gcs_resumes_exactly_keeps_k_and_writes_its_logs(gcs, tmp_path)
   assert cli.main(["infer", "--checkpoint", f"{remote}/checkpoints", "--input", str(tmp_path / "in.jsonl"),
                    "--output", str(tmp_path / "out.jsonl"), "--max_decode_length", "8"]) == 0
   assert "prediction" in json.loads((tmp_path / "out.jsonl").read_text())
-  assert cli.main(["eval", "--checkpoint", f"{remote}/checkpoints", "--tasks", "demo_sort", "--max_examples", "4",
+  assert cli.main(["eval", "--checkpoint", f"{remote}/checkpoints", "--tasks", "demo_held_in", "--max_examples", "4",
                    "--max_decode_length", "8", "--output", str(tmp_path / "eval.json")]) == 0
   assert cli.main(["export-hf", "--checkpoint", f"{remote}/checkpoints", "--out", str(tmp_path / "hf")]) == 0
   lines = run_in_process(str(tmp_path / "from_gcs"), 0, f"--gin.INITIAL_CHECKPOINT_PATH='{remote}/checkpoints/6'")

@@ -29,7 +29,7 @@ def test_two_processes_equal_one_process(tmp_path, monkeypatch):
       "from flan_jax.vocab import byte_vocabulary\n"
       "rows = [{'inputs': f'say {i}', 'targets': str(i)} for i in range(20)]\n"
       "register_prompt_task('one_example', {'train': rows, 'validation': rows[:1]}, byte_vocabulary())\n")
-  same_data = ["--gin.MIXTURE_OR_TASK_NAME='demo_arithmetic'", "--gin.train.pack=False",
+  same_data = ["--gin.MIXTURE_OR_TASK_NAME='demo_held_in'", "--gin.train.pack=False",
                "--gin.train.shuffle=False", "--gin.MIXTURE_OR_TASK_MODULE='one_example_tasks'",
                "--gin.EVAL_TASKS=['one_example']", "--gin.EVAL_PERIOD=3", "--gin.train.eval_batch_size=4"]
   monkeypatch.chdir(tmp_path)

@@ -32,11 +32,14 @@ class FlanTemplates:
   `templates` are plain instructions; `cot_templates` carry a chain-of-thought cue and a target such as
   COT_TARGET built from a `rationale` field (tasks without rationales leave them empty). `options_field` names a list field holding
   the answer choices of a classification task: such examples get an options block half of the time.
+  `exemplar_field`, in a task that pools several instructions, names the field an exemplar must share with the
+  example, so that few-shot exemplars demonstrate the same instruction.
   """
   templates: tuple
   cot_templates: tuple = ()
   options_field: str | None = None
   num_shots: int = 3
+  exemplar_field: str | None = None
 
   def __post_init__(self):
     if not self.templates:
@@ -91,7 +94,7 @@ def render_single(fields: dict, templates: FlanTemplates, choice: Choice, task: 
   cot = choice.format.endswith("cot")
   template = (templates.cot_templates if cot else templates.templates)[choice.template_index]
   inputs = fill(template.inputs, fields, task)
-  if choice.with_options:
+  if choice.with_options and fields.get(templates.options_field):  # a task may pool closed and open questions
     inputs += INPUT_TARGET_DELIMITER + options_block(fields[templates.options_field])
   targets = fill(template.targets, fields, task)
   return inputs, targets

@@ -53,6 +53,10 @@ def flan_preprocessor(task: str, templates: formats.FlanTemplates, to_fields, ex
   def preprocess(dataset, sequence_length=None, output_features=None):
     keys = sorted(flatten(dataset.element_spec))
     pool = exemplar_pool() if "few_shot" in templates.formats() else []
+    key = templates.exemplar_field
+    by_key = {}
+    for candidate in pool if key else ():
+      by_key.setdefault(candidate.get(key), []).append(candidate)
     vocabulary = output_features["inputs"].vocabulary if output_features else None
     max_len = (sequence_length or {}).get("inputs")
     fits = ((lambda text: len(vocabulary.encode(text)) + 1 <= max_len) if vocabulary and max_len
@@ -64,9 +68,10 @@ def flan_preprocessor(task: str, templates: formats.FlanTemplates, to_fields, ex
         rng = np.random.default_rng([zlib.crc32(task.encode()), zlib.crc32(json.dumps(fields, sort_keys=True).encode())])
         choice = formats.choose(rng, templates)
         exemplars = []
-        if choice.format.startswith("few_shot") and pool:
-          picks = rng.choice(len(pool), size=min(templates.num_shots + 1, len(pool)), replace=False)
-          exemplars = [pool[i] for i in picks if pool[i] != fields][:templates.num_shots]
+        candidates = by_key.get(fields.get(key), []) if key else pool
+        if choice.format.startswith("few_shot") and candidates:
+          picks = rng.choice(len(candidates), size=min(templates.num_shots + 1, len(candidates)), replace=False)
+          exemplars = [candidates[i] for i in picks if candidates[i] != fields][:templates.num_shots]
         inputs, targets = formats.render(fields, templates, choice, exemplars, task, fits)
       except UserError as e:
         raise ValueError(f"{ERROR_MARK}<<{e}>>") from e

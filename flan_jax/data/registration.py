@@ -66,13 +66,14 @@ def from_json_feature(raw: dict) -> dict:
 
 def register_records_task(name: str, records_by_split: dict, templates: formats.FlanTemplates,
                           vocabulary: seqio.Vocabulary, to_fields=lambda r: r, pool_split: str = "train",
-                          metric_fns=(), postprocess_fn=None) -> seqio.Task:
-  """A Flan task over in-memory records; `to_fields` maps a record to template fields."""
+                          metric_fns=(), postprocess_fn=None, pool_size: int = POOL_SIZE) -> seqio.Task:
+  """A Flan task over in-memory records; `to_fields` maps a record to template fields; few-shot exemplars come
+  from the first `pool_size` records of `pool_split`."""
   for split, records in records_by_split.items():
     if not records:
       raise UserError(f"task {name}: split {split!r} has no examples")
   pool_records = records_by_split.get(pool_split) or next(iter(records_by_split.values()))
-  pool = functools.lru_cache(None)(lambda: [to_fields(r) for r in pool_records[:POOL_SIZE]])
+  pool = functools.lru_cache(None)(lambda: [to_fields(r) for r in pool_records[:pool_size]])
   return register_flan_task(name, records_source(records_by_split), templates,
                             lambda raw: to_fields(from_json_feature(raw)), vocabulary, pool, metric_fns,
                             postprocess_fn)
