@@ -185,7 +185,7 @@ def _train(args):
 def _findings(args):
   from flan_jax import findings, gin_utils
   import flan_jax.train  # noqa: F401  (registers train's gin configurable before the files are parsed)
-  gin_files = args.gin_file + (["runs/findings_quick.gin"] if args.quick else [])
+  gin_files = (args.gin_file or ["runs/findings.gin"]) + (["runs/findings_quick.gin"] if args.quick else [])
   gin_utils.parse(gin_files, args.gin_bindings, args.gin_search_paths)
   findings.sweep(args.out)
 
@@ -307,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
   _add_process_flags(p)
   p.set_defaults(run=_train)
 
-  p = sub.add_parser("findings", help="the Flan paper's three findings (task count, model size, chain of thought)")
+  p = sub.add_parser("findings", help="the Flan paper's three findings (task count, model size, chain of thought); "
+                                      "default gin file runs/findings.gin (the demo's rule family)")
   _add_gin_flags(p)
   p.add_argument("--out", default="runs/findings", help="output directory (re-running skips the points done)")
   p.add_argument("--quick", action="store_true", help="a few steps a point (adds runs/findings_quick.gin): a check")

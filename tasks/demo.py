@@ -209,6 +209,7 @@ TEMPLATES = {"all": FlanTemplates(DIRECT, COT, "options", num_shots=2, exemplar_
              "cot": FlanTemplates(COT, (), "options", num_shots=2, exemplar_field="instruction")}
 MIXTURES = {"demo_mixture": "all", "demo_mixture_no_cot": "direct"}  # all training rules, with or without CoT
 EXEMPLARS_PER_RULE = 8
+RECORDS = {}  # task name -> {split: the generated records its source serves}
 
 
 def register_rules(name: str, rules: list, templates: str, splits: dict, seed: int) -> None:
@@ -217,6 +218,7 @@ def register_rules(name: str, rules: list, templates: str, splits: dict, seed: i
   a tf.data pipeline per task, which takes minutes for a thousand tasks: one pipeline serves them all."""
   examples = {split: Examples(rules, split, n * len(rules), seed) for split, n in splits.items()}
   examples.setdefault("train", Examples(rules, "train", EXEMPLARS_PER_RULE * len(rules), seed))
+  RECORDS[name] = examples
   register_records_task(name, examples, TEMPLATES[templates], byte_vocabulary(),
                         pool_size=EXEMPLARS_PER_RULE * len(rules))
 
