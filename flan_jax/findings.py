@@ -40,7 +40,8 @@ def mixture_subset(mixture: str, num_tasks: int, seed: int) -> str:
     raise UserError(f"{mixture} has {len(tasks)} tasks; cannot draw {num_tasks}")
   order = np.random.default_rng(seed).permutation(len(tasks))
   name = f"{mixture}_{num_tasks}_tasks_seed{seed}"
-  seqio.MixtureRegistry.remove(name) if name in seqio.MixtureRegistry.names() else None
+  if name in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.remove(name)
   picked = [tasks[i] for i in order[:num_tasks]]
   seqio.MixtureRegistry.add(name, [(t, provider.get_rate(seqio.get_mixture_or_task(t))) for t in picked])
   return name
