@@ -203,10 +203,11 @@ DIRECT = (Template("{instruction}\n\n{text}"), Template("Text: {text}\n\n{instru
           Template("{instruction} Text: {text}"))
 COT = (_cot("{instruction}\n\n{text}"), _cot("Text: {text}\n\n{instruction}"))
 # Few-shot exemplars always demonstrate the example's own rule, even in a task that pools many rules.
-TEMPLATES = {"all": FlanTemplates(DIRECT, COT, "options", num_shots=2, exemplar_field="instruction"),
-             "direct": FlanTemplates(DIRECT, (), "options", num_shots=2, exemplar_field="instruction"),
+NUM_SHOTS = 1  # one exemplar: short inputs pack more examples into a step
+TEMPLATES = {"all": FlanTemplates(DIRECT, COT, "options", num_shots=NUM_SHOTS, exemplar_field="instruction"),
+             "direct": FlanTemplates(DIRECT, (), "options", num_shots=NUM_SHOTS, exemplar_field="instruction"),
              # chain-of-thought prompts only: CoT templates as zero-shot and few-shot (with CoT exemplars)
-             "cot": FlanTemplates(COT, (), "options", num_shots=2, exemplar_field="instruction")}
+             "cot": FlanTemplates(COT, (), "options", num_shots=NUM_SHOTS, exemplar_field="instruction")}
 MIXTURES = {"demo_mixture": "all", "demo_mixture_no_cot": "direct"}  # all training rules, with or without CoT
 EXEMPLARS_PER_RULE = 8
 RECORDS = {}  # task name -> {split: the generated records its source serves}

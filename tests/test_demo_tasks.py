@@ -139,3 +139,20 @@ def test_findings_quick_writes_its_table_and_plot(tmp_path, capsys):
   capsys.readouterr()
   assert cli.main(["findings", "--quick", "--out", str(out)]) == 0
   assert capsys.readouterr().out.count("done before, kept") == 7
+
+
+def test_mixture_subset_draws_nested_tasks_of_any_mixture_with_their_rates():
+  from flan_jax import findings
+  from flan_jax.data import add_mixture
+  from flan_jax.data.registration import register_prompt_task
+  from flan_jax.errors import UserError
+  from flan_jax.vocab import byte_vocabulary
+  for i in range(5):
+    rows = [{"inputs": f"q{j}", "targets": "a"} for j in range(i + 1)]
+    register_prompt_task(f"test_subset_{i}", {"train": rows}, byte_vocabulary())
+  add_mixture("test_subset_mix", [(f"test_subset_{i}", None) for i in range(5)])
+  two, four = (get_provider(findings.mixture_subset("test_subset_mix", n, 3)) for n in (2, 4))
+  assert len(two.tasks) == 2 and {t.name for t in two.tasks} < {t.name for t in four.tasks}
+  assert all(two.get_rate(t) == int(t.name[-1]) + 1 for t in two.tasks)  # examples-proportional, as in the mixture
+  with pytest.raises(UserError, match="has 5 tasks; cannot draw 6"):
+    findings.mixture_subset("test_subset_mix", 6, 0)
