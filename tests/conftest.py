@@ -35,8 +35,8 @@ def pytest_sessionfinish(session):
 # `make test` runs files on 2 pytest-xdist workers (--dist loadfile), which by default start files with the most
 # tests first. Longest first instead (their times in a full run), so that at the end neither worker is left alone
 # with a long file while the other has nothing to do.
-LONGEST_FILES_FIRST = ["test_train.py", "test_demo_tasks.py", "test_multihost.py", "test_mesh.py", "test_plan.py", "test_gcs.py",
-                       "test_inference.py", "test_scripts.py", "test_lora.py"]
+LONGEST_FILES_FIRST = ["test_train.py", "test_demo_tasks.py", "test_multihost.py", "test_mesh.py", "test_plan.py",
+                       "test_gcs.py", "test_inference.py", "test_scripts.py", "test_lora.py"]
 
 
 def pytest_configure(config):
