@@ -77,7 +77,8 @@ def sweep(out_dir: str, mixture: str = gin.REQUIRED, held_out_tasks: tuple = gin
   started = time.time()
   for i, (kind, what, seed, size) in enumerate(points):
     if kind == "cot":
-      name, tasks = (cot_mixture if what == "with_cot" else no_cot_mixture), list(cot_eval_tasks) + list(direct_eval_tasks)
+      name = cot_mixture if what == "with_cot" else no_cot_mixture
+      tasks = list(cot_eval_tasks) + list(direct_eval_tasks)
       key = f"{what}_seed{seed}_{size}"
     else:
       name, tasks = subset_fn(mixture, what, seed), eval_tasks
@@ -153,8 +154,9 @@ def summarize(results: dict, held_out, held_in, cot_eval, direct_eval) -> dict:
                       "held_in_mean": float(np.mean(held_in_acc)) if held_in else None})
   largest = max(counts) if counts else None
   size_rows = []
+  first_seed = task_rows[-1]["seeds"][0] if task_rows else None
   for r in results.values():
-    if r["kind"] == "size" or (r["kind"] == "tasks" and r["what"] == largest and r["seed"] == task_rows[-1]["seeds"][0]):
+    if r["kind"] == "size" or (r["kind"] == "tasks" and r["what"] == largest and r["seed"] == first_seed):
       size_rows.append({"size": r["size"], "parameters": r["parameters"], "tasks": r["what"],
                         "held_out": _mean_accuracy(r["metrics"], held_out),
                         "held_in": _mean_accuracy(r["metrics"], held_in) if held_in else None})
@@ -178,7 +180,8 @@ def markdown(table: dict) -> str:
     lines.append(f"| {r['tasks']} | {len(r['seeds'])} | {_pct(r['held_out_mean'])} | "
                  f"{_pct(r['held_out_min'])} - {_pct(r['held_out_max'])} | {_pct(r['held_in_mean'])} |")
   lines += ["", "(b) Held-out accuracy against model size", "",
-            "| size | parameters | training tasks | held-out accuracy | held-in accuracy |", "|---|---:|---:|---:|---:|"]
+            "| size | parameters | training tasks | held-out accuracy | held-in accuracy |",
+            "|---|---:|---:|---:|---:|"]
   for r in table["model_size"]:
     lines.append(f"| {r['size']} | {r['parameters']:,} | {r['tasks']} | {_pct(r['held_out'])} | {_pct(r['held_in'])} |")
   if table["chain_of_thought"]:
