@@ -215,7 +215,7 @@ def test_tasks_list_and_show_cli(capsys):
   assert cli.main(["tasks", "list"]) == 0
   out = capsys.readouterr().out
   held_in = next(line for line in out.splitlines() if line.startswith("demo_held_in "))
-  assert held_in.endswith("validation 200")
+  assert held_in.endswith("validation 200, train 1600")  # the train split holds the few-shot exemplars
   assert "demo_mixture_rules: " in next(line for line in out.splitlines() if line.startswith("demo_mixture "))
   assert cli.main(["tasks", "show", "demo_held_out_rules", "--n", "2", "--split", "validation"]) == 0
   out = capsys.readouterr().out
