@@ -70,7 +70,8 @@ def test_infer_with_two_processes_equals_one(trained_on_4x2, greedy_on_one_devic
   ckpt = os.path.join(trained_on_4x2, "checkpoints")
   port = _free_port()
   procs = [run_cli("infer", "--checkpoint", ckpt, "--task", "demo_held_out_rules", "--max_examples", "8",
-                   "--batch_size", "8", "--inputs_length", "64", "--max_decode_length", "16", "--output", str(tmp_path / "two.jsonl"),
+                   "--batch_size", "8", "--inputs_length", "64", "--max_decode_length", "16",
+                   "--output", str(tmp_path / "two.jsonl"),
                    "--gin.make_mesh.data_parallel=1", "--gin.make_mesh.model_parallel=4",
                    f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
                    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}, wait=False)
