@@ -1,15 +1,16 @@
 """The offline demo: a procedural family of string-rewrite instructions, with thousands of possible tasks.
 
-One task is one rule stated in its instruction ("Replace every k with m.", "Reverse the text, then delete every
-a.") applied to a short text of random letters. A rule never trained on can only be answered by reading its
+One task is one rule stated in its instruction ("Replace every c with h.", "Reverse the text, then delete every
+a.") applied to a word of random letters. A rule never trained on can only be answered by reading its
 instruction, which is what instruction tuning is meant to teach (Zhang, Wang & Charton 2024 use string rewrites
 the same way). Nothing is read or downloaded: examples come from seeded generators, the vocabulary is UTF-8
 bytes.
 
-- `demo_<rule>`: one training task per rule (single steps and two-step compositions), in all four Flan formats;
-  `demo_mixture` mixes all of them, `demo_mixture_no_cot` the same tasks without the chain-of-thought formats.
-- `demo_held_in`: trained rules on texts never trained on (a text's hash decides once whether it is a training
-  or an evaluation text, for every rule).
+- `demo_mixture`: the 1,024 training rules (single steps and two-step compositions) at equal rates, in all four
+  Flan formats; `demo_mixture_no_cot`: the same without the chain-of-thought formats. `rule_subset` draws N of
+  them for `flan-jax findings`.
+- `demo_held_in`: trained rules on words never trained on (a word's hash decides once whether it is a training
+  or an evaluation word, for every rule).
 - `demo_held_out_rules`: single rules never trained on (unseen letter pairs and letters);
   `demo_held_out_compositions`: two-step compositions never trained on, of operations that were;
   `..._cot` and `..._direct`: the same prompts in chain-of-thought formats only, or without them.
@@ -18,7 +19,6 @@ Which rules are held out is fixed by a hash of the rule, so every process and ru
 
 import dataclasses
 import functools
-import itertools
 import string
 import zlib
 from collections.abc import Sequence

@@ -2,7 +2,6 @@
 training, Flan formats with CoT targets the scorer reads, determinism; and `flan-jax findings --quick`."""
 
 import json
-import os
 
 import pytest
 
