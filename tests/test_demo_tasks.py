@@ -140,7 +140,7 @@ def test_findings_quick_writes_its_table_and_plot(tmp_path, capsys):
   assert capsys.readouterr().out.count("done before, kept") == 7
 
 
-def test_mixture_subset_draws_nested_tasks_of_any_mixture_with_their_rates():
+def test_mixture_subset_draws_nested_tasks_of_any_mixture_with_their_rates(capsys):
   from flan_jax import findings
   from flan_jax.data import add_mixture
   from flan_jax.data.registration import register_prompt_task
@@ -155,3 +155,6 @@ def test_mixture_subset_draws_nested_tasks_of_any_mixture_with_their_rates():
   assert all(two.get_rate(t) == int(t.name[-1]) + 1 for t in two.tasks)  # examples-proportional, as in the mixture
   with pytest.raises(UserError, match="has 5 tasks; cannot draw 6"):
     findings.mixture_subset("test_subset_mix", 6, 0)
+  # a mixture registered with seqio directly lists with its rates
+  assert cli.main(["tasks", "list"]) == 0
+  assert "test_subset_mix_2_tasks_seed3 " in capsys.readouterr().out

@@ -27,11 +27,12 @@ def list_lines() -> list[str]:
   lines += ["", "MIXTURES", f"{'name':50} tasks: rate (share)"]
   for name in sorted(seqio.MixtureRegistry.names()):
     try:
-      rates = mixing.rates(name)
+      rates = mixing.any_rates(name)
       total = sum(rates.values())
       parts = [f"{t}: {r:g} ({r / total:.1%})" for t, r in rates.items()]
     except Exception as e:  # noqa: BLE001
-      parts = [f"{len(mixing.rates_names(name))} tasks, rates unknown ({str(e).splitlines()[0]})"]
+      count = len(seqio.MixtureRegistry.get(name).tasks)
+      parts = [f"{count} tasks, rates unknown ({str(e).splitlines()[0]})"]
     lines.append(f"{name:50} " + "; ".join(parts))
   return lines
 

@@ -50,6 +50,14 @@ def _num_examples(task_name: str, split: str) -> int:
   return n
 
 
+def any_rates(name: str) -> dict:
+  """task name -> rate of any registered mixture: built here (rates below), or with seqio directly."""
+  if name in _COMPONENTS:
+    return rates(name)
+  mixture = seqio.get_mixture_or_task(name)
+  return {task.name: float(mixture.get_rate(task)) for task in mixture.tasks}
+
+
 @functools.lru_cache(maxsize=None)
 def rates(name: str) -> dict:
   """task name -> sampling rate. Caps: min(examples, cap). Weights: each submixture sums to its weight."""
