@@ -123,6 +123,9 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   """Train; returns the last logged metrics (and the last eval, if any)."""
   started = time.time()
   _check_settings(locals())
+  # First, so that every process of a run meets a mesh that cannot be laid out at the same point, before the
+  # task modules (their import takes each process its own time) are read.
+  mesh = partitioning.make_mesh()
   registration.import_task_modules([mixture_or_task_module])
   provider = registration.get_provider(mixture_or_task_name)
   vocabulary = provider.output_features["targets"].vocabulary
@@ -147,7 +150,6 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     raise UserError(f"vocab mismatch: the checkpoint was trained with {source_meta['vocabulary_fingerprint']}, "
                     f"{mixture_or_task_name} uses {vocab_id}")
 
-  mesh = partitioning.make_mesh()
   layout = partitioning.data_layout(mesh, batch_size)
   if batch_size % (num_microbatches * mesh.shape["data"]):
     raise UserError(f"BATCH_SIZE={batch_size} must split into {num_microbatches} microbatches of a multiple of "
