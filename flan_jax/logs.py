@@ -100,7 +100,12 @@ class Progress:
     self.window_start = time.time()
     self.window_done, self.window_tokens, self.sums = start, 0, {}
     self.window_updates = 0
+    self.excluded = 0.0  # seconds of the window spent on other work (an eval), left out of rates and the ETA
     self.last_metrics = {}
+
+  def exclude(self, seconds: float) -> None:
+    """Leave `seconds` of other work out of the current window's rates, so the ETA counts steps only."""
+    self.excluded += seconds
 
   def due(self, done: int) -> bool:
     """Whether update(done) prints a line: the caller fetches metrics from the device only then."""
@@ -117,26 +122,32 @@ class Progress:
     if not due:
       return {}
     now = time.time()
-    elapsed = max(now - self.window_start, 1e-9)
+    elapsed = max(now - self.window_start - self.excluded, 1e-9)
+    first = self.window_done == self.start
     mean = {k: v / self.window_updates for k, v in self.sums.items()}
     parts = [f"{self.label} {done}/{self.total}"]
     if "loss" in mean:
       parts.append(f"loss {mean['loss']:.4f}")
     if "accuracy" in mean:
       parts.append(f"acc {mean['accuracy']:.3f}")
-    if self.window_tokens:
-      mean["tokens_per_second"] = self.window_tokens / elapsed
-      parts.append(f"{mean['tokens_per_second']:.0f} tokens/s")
-    per_unit = elapsed / max(done - self.window_done, 1)
-    if self.unit == "steps":
-      mean["seconds_per_step"] = per_unit
-      parts.append(f"{per_unit:.3f} s/step")
+    if first and self.unit == "steps":
+      # the first window holds the compilation: its rate would make the ETA hours long
+      parts.append(f"first {'step' if done - self.window_done == 1 else 'steps'} with compilation "
+                   f"{duration(elapsed)}")
     else:
-      parts.append(f"{1 / per_unit:.1f} {self.unit}/s")
-    eta = per_unit * (self.total - done)
-    parts.append(f"ETA {duration(eta)}")
+      if self.window_tokens:
+        mean["tokens_per_second"] = self.window_tokens / elapsed
+        parts.append(f"{mean['tokens_per_second']:.0f} tokens/s")
+      per_unit = elapsed / max(done - self.window_done, 1)
+      if self.unit == "steps":
+        mean["seconds_per_step"] = per_unit
+        parts.append(f"{per_unit:.3f} s/step")
+      else:
+        parts.append(f"{1 / per_unit:.1f} {self.unit}/s")
+      parts.append(f"ETA {duration(per_unit * (self.total - done))}")
     self.log_fn("  ".join(parts))
     self.window_start, self.window_done, self.window_updates, self.window_tokens, self.sums = now, done, 0, 0, {}
+    self.excluded = 0.0
     self.last_metrics = mean
     return mean
 

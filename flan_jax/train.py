@@ -241,7 +241,9 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
         if evaluate_now or save_now or progress.due(done):
           check_pending()
         if evaluate_now:
+          eval_started = time.time()
           evaluated = eval_fn(state.full_params())
+          progress.exclude(time.time() - eval_started)
           writer.write(done, evaluated)
           log_fn(logs.format_metrics(done, evaluated))
           if best_mngr is not None:
@@ -295,8 +297,8 @@ def _summary(model_dir, start_step, train_steps, seconds, metrics, evaluated, cu
   if curve:
     lines.append(f"loss curve:        {curve}")
   lines += ["next:",
-            f"  flan-jax infer --checkpoint {ckpt} --input questions.jsonl --output answers.jsonl",
-            f"  flan-jax eval --checkpoint {ckpt} --tasks TASK_OR_MIXTURE ...",
+            f"  flan-jax infer --checkpoint {ckpt} --task {tasks[0] if tasks else 'TASK'} --output predictions.jsonl",
+            f"  flan-jax eval --checkpoint {ckpt} --tasks {' '.join(tasks) if tasks else 'TASK_OR_MIXTURE ...'}",
             f"  flan-jax export-hf --checkpoint {ckpt} --out exported/"]
   return lines
 

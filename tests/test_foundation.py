@@ -131,3 +131,21 @@ def test_model_info_cli(capsys):
   loss, ln_vocab, grad_norm = (float(x) for x in match.groups())
   assert ln_vocab == pytest.approx(math.log(32128), abs=1e-4)
   assert 0 <= loss - ln_vocab <= 1.0 and grad_norm > 0
+
+
+def test_progress_eta_leaves_out_compilation_and_eval(monkeypatch):
+  from flan_jax import logs
+  clock = [1000.0]
+  monkeypatch.setattr(logs.time, "time", lambda: clock[0])
+  lines = []
+  progress = logs.Progress(0, 101, period=10.0, log_fn=lines.append)
+  clock[0] += 60.0  # the first step compiles for a minute
+  progress.update(1, {"loss": 1.0})
+  assert "first step with compilation 1m00s" in lines[-1] and "ETA" not in lines[-1]
+  for done in range(2, 31):  # steps of 0.2 s, then an eval of 30 s at step 30 (it makes a line due)
+    clock[0] += 0.2
+    if done == 30:
+      clock[0] += 30.0
+      progress.exclude(30.0)
+    progress.update(done, {"loss": 1.0})
+  assert lines[-1] == "step 30/101  loss 1.0000  0.200 s/step  ETA 0m14s", lines[-1]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -270,3 +271,16 @@ def test_a_crash_mid_training_ends_the_process_promptly(tmp_path):
   proc.wait(timeout=30)
   assert proc.returncode == 1
   assert time.time() - crashed < 30
+
+
+def test_end_of_run_summary_averages_held_in_and_held_out_tasks_and_names_runnable_commands():
+  evaluated = {f"eval/{task}/{k}": v for task, acc in [("demo_held_in", 0.9), ("demo_held_out_rules", 0.5),
+                                                        ("demo_held_out_compositions", 0.3)]
+               for k, v in [("loss", 0.1), ("token_accuracy", 0.95), ("accuracy", acc)]}
+  lines = train._summary("runs/x", 0, 100, 75.0, {"loss": 0.25}, evaluated, "runs/x/loss_curve.png", False)
+  text = "\n".join(lines)
+  assert "done: steps 0 -> 100 in 1m15s, final train loss 0.2500" in text
+  assert re.search(r"held-in average\s+90\.0%", text) and re.search(r"held-out average \(never trained on\)\s+40\.0%", text)
+  assert "flan-jax infer --checkpoint runs/x/checkpoints --task demo_held_in --output predictions.jsonl" in text
+  assert ("flan-jax eval --checkpoint runs/x/checkpoints --tasks demo_held_in demo_held_out_compositions "
+          "demo_held_out_rules") in text
