@@ -79,9 +79,8 @@ def test_lora_trains_adapters_only_and_peft_computes_the_same(targets, base, tmp
   assert all(k[-1] in ("lora_a", "lora_b") for k in traverse_util.flatten_dict(stored))
   assert any(np.abs(np.asarray(b)).max() > 0 for k, b in traverse_util.flatten_dict(stored).items()
              if k[-1] == "lora_b")  # trained: B moved off zero
-  base_model = inference.load(base_ckpt)
-  for key, value in traverse_util.flatten_dict(base_model.params).items():  # the base stayed frozen
-    assert np.array_equal(np.asarray(value), np.asarray(traverse_util.flatten_dict(model.params)[key]))
+  # The checkpoint holds adapters only (above), and peft below applies them to the original HF base: equal logits
+  # mean the base weights are the original ones.
 
   adapter_dir = str(tmp_path / "adapter")
   assert cli.main(["export-hf", "--checkpoint", ckpt, "--out", adapter_dir, "--adapter", "--base", hf_dir]) == 0
