@@ -7,6 +7,7 @@ import signal
 
 import jax
 import numpy as np
+import safetensors.numpy
 from etils import epath
 
 from flan_jax import checkpoints, cli, logs
@@ -62,14 +63,22 @@ def test_train_on_gcs_resumes_exactly_keeps_k_and_writes_its_logs(gcs, tmp_path)
   assert epath.Path(remote, "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
   assert any(p.name.startswith("events.out.tfevents") for p in epath.Path(remote).iterdir())
 
-  # infer, eval and export-hf read the gs:// checkpoint; INITIAL_CHECKPOINT_PATH may be one.
+  # infer, eval and export-hf read the gs:// checkpoint as they read the local one; INITIAL_CHECKPOINT_PATH may be one.
   (tmp_path / "in.jsonl").write_text(json.dumps({"inputs": "sort: 3 1 2"}) + "\n")
-  assert cli.main(["infer", "--checkpoint", f"{remote}/checkpoints", "--input", str(tmp_path / "in.jsonl"),
-                   "--output", str(tmp_path / "out.jsonl"), "--max_decode_length", "8"]) == 0
-  assert "prediction" in json.loads((tmp_path / "out.jsonl").read_text())
-  assert cli.main(["eval", "--checkpoint", f"{remote}/checkpoints", "--tasks", "demo_held_in", "--max_examples", "4",
-                   "--max_decode_length", "8", "--output", str(tmp_path / "eval.json")]) == 0
-  assert cli.main(["export-hf", "--checkpoint", f"{remote}/checkpoints", "--out", str(tmp_path / "hf")]) == 0
+  outputs = {}
+  for name, run in (("local", local), ("gcs", remote)):
+    out = tmp_path / name
+    assert cli.main(["infer", "--checkpoint", f"{run}/checkpoints", "--input", str(tmp_path / "in.jsonl"),
+                     "--output", str(out / "infer.jsonl"), "--max_decode_length", "8"]) == 0
+    assert cli.main(["eval", "--checkpoint", f"{run}/checkpoints", "--tasks", "demo_held_in", "--max_examples", "4",
+                     "--max_decode_length", "8", "--output", str(out / "eval.json")]) == 0
+    assert cli.main(["export-hf", "--checkpoint", f"{run}/checkpoints", "--out", str(out / "hf")]) == 0
+    outputs[name] = (json.loads((out / "infer.jsonl").read_text())["prediction"],
+                     json.loads((out / "eval.json").read_text()),
+                     safetensors.numpy.load_file(str(out / "hf" / "model.safetensors")))
+  (pred, evaluated, weights), (gcs_pred, gcs_evaluated, gcs_weights) = outputs["local"], outputs["gcs"]
+  assert gcs_pred == pred and gcs_evaluated == evaluated and gcs_weights.keys() == weights.keys()
+  assert all(np.abs(gcs_weights[k] - weights[k]).max() <= 1e-6 for k in weights)
   lines = run_in_process(str(tmp_path / "from_gcs"), 0, f"--gin.INITIAL_CHECKPOINT_PATH='{remote}/checkpoints/6'")
   assert f"initialised from {remote}/checkpoints/6" in lines  # 0 steps: the restore is what is tested
 
