@@ -13,8 +13,8 @@ from flan_jax import checkpoints, hf
 from flan_jax.losses import cross_entropy
 from flan_jax.models import T5
 
-LOGIT_TOL = 1e-4
-GRAD_TOL = 1e-4
+LOGIT_TOL = 2e-5  # README's claim: logits within 2e-5 of transformers' (float32, Flan-T5-small shape)
+GRAD_TOL = 2e-5   # and gradients within 2e-5 relative
 
 
 def _import(hf_model, tmp_path, name, shared_data):
@@ -130,7 +130,7 @@ def test_loss_and_gradients_match_hf(pair):
     if rel > worst:
       worst, worst_name = rel, "/".join(path)
   print(f"{name}: loss rel diff {loss_rel:.3g}; worst gradient rel diff {worst:.3g} at {worst_name}")
-  assert loss_rel <= 1e-4
+  assert loss_rel <= 1e-6
   assert worst <= GRAD_TOL
 
 
