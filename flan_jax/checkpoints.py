@@ -178,6 +178,18 @@ def check_new_dir(out_dir: str) -> None:
     raise UserError(f"{out_dir} already exists and is not empty; choose a new directory")
 
 
+def write_new(out_dir: str, step: int, params, meta: dict, vocabulary: str | None = None, opt_state=None) -> str:
+  """A new checkpoint folder (imports, conversions): complete or absent, with a copy of its vocabulary file."""
+  out_dir = os.path.abspath(out_dir)
+  check_new_dir(out_dir)
+  with atomic_dir(out_dir) as tmp:
+    if vocabulary:
+      shutil.copyfile(vocabulary, os.path.join(tmp, VOCAB_FILE))
+    with manager(tmp) as mngr:
+      save(mngr, step, params, meta, opt_state=opt_state)
+  return out_dir
+
+
 @contextlib.contextmanager
 def atomic_dir(out_dir: str):
   """Yields a temporary sibling of out_dir, renamed to out_dir when the block succeeds and removed when it

@@ -44,18 +44,18 @@ def _mesh(args):
 
 
 def _export_hf(args):
-  from flan_jax import hf, lora
+  from flan_jax import hf, peft_folder
   _start_processes(args)
   if args.adapter:
-    print(f"wrote peft adapter folder {lora.export_peft(args.checkpoint, args.out, args.base)}")
+    print(f"wrote peft adapter folder {peft_folder.export_peft(args.checkpoint, args.out, args.base)}")
     return
   out = hf.export_hf(args.checkpoint, args.out, _mesh(args), merge=args.merge)
   print(f"wrote HuggingFace folder {out}")
 
 
 def _import_peft(args):
-  from flan_jax import lora
-  print(f"wrote checkpoint {lora.import_peft(args.adapter, args.base, args.out)}")
+  from flan_jax import peft_folder
+  print(f"wrote checkpoint {peft_folder.import_peft(args.adapter, args.base, args.out)}")
 
 
 def _settings(args):

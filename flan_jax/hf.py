@@ -163,11 +163,7 @@ def import_hf(hf_dir: str, out_dir: str, vocabulary: str | None = None) -> str:
   check_fits(spm, config.vocab_size)
   meta = {"model_config": config.to_dict(), "vocabulary": os.path.abspath(vocabulary),
           "vocabulary_fingerprint": fingerprint(spm), "source": {"huggingface": os.path.abspath(hf_dir)}}
-  with checkpoints.atomic_dir(out_dir) as tmp:
-    shutil.copyfile(vocabulary, os.path.join(tmp, checkpoints.VOCAB_FILE))
-    with checkpoints.manager(tmp) as mngr:
-      checkpoints.save(mngr, 0, params, meta)
-  return out_dir
+  return checkpoints.write_new(out_dir, 0, params, meta, vocabulary)
 
 
 # --- export ---

@@ -10,7 +10,6 @@ kernels and a relative-position bias per layer, which we unstack (and `relpos_pe
 
 import os
 import re
-import shutil
 
 import gin
 import jax
@@ -267,12 +266,7 @@ def import_t5x(ckpt_dir: str, out_dir: str, vocabulary: str | None = None,
   params = read_params(ckpt_dir, restore_target(config), tree)
   step = read_step(ckpt_dir, tree)
   opt_state = read_opt_state(ckpt_dir, tree, params, optim.adafactor()) if with_optimizer_state else None
-  with checkpoints.atomic_dir(out_dir) as tmp:
-    if vocabulary:
-      shutil.copyfile(vocabulary, os.path.join(tmp, checkpoints.VOCAB_FILE))
-    with checkpoints.manager(tmp) as mngr:
-      checkpoints.save(mngr, step, params, meta, opt_state=opt_state)
-  return out_dir
+  return checkpoints.write_new(out_dir, step, params, meta, vocabulary, opt_state)
 
 
 # --- export: flan-jax -> T5X ---
