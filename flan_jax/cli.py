@@ -119,16 +119,25 @@ def _eval(args):
 
   import jax
 
-  from flan_jax import evaluation, inference
+  from flan_jax import evaluation, inference, suite
   from flan_jax.data import registration
+  if bool(args.suite) == bool(args.tasks):
+    raise UserError("eval needs --tasks NAME... or --suite flan (not both)")
+  if args.suite and args.split:
+    raise UserError("--suite runs every benchmark on the paper's split; drop --split")
+  if args.tydiqa and not args.suite:
+    raise UserError("--tydiqa belongs to --suite flan")
   registration.import_task_modules(args.module)
   _start_processes(args)
   model = inference.load(args.checkpoint, _mesh(args))
-  results = evaluation.evaluate(model, args.tasks, _settings(args), args.split, args.max_examples,
-                                log_fn=_stderr)
+  if args.suite:
+    results = suite.run(model, _settings(args), args.max_examples, args.tydiqa, log_fn=_stderr)
+  else:
+    results = evaluation.evaluate(model, args.tasks, _settings(args), args.split, args.max_examples,
+                                  log_fn=_stderr)
   if jax.process_index():  # every process evaluated everything; process 0 reports
     return
-  print(evaluation.table(results))
+  print(suite.table(results) if args.suite else evaluation.table(results))
   if args.output:
     with open(args.output, "w") as f:
       json.dump(results, f, indent=2)
@@ -268,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(run=_export_t5x)
 
   for name, help_text in (("infer", "predict or score over a task/mixture split or a JSONL file"),
-                          ("eval", "held-out evaluation (MMLU, BBH, any task) as a table and JSON")):
+                          ("eval", "held-out evaluation (MMLU, BBH, any task, or the Flan paper's suite) "
+                                   "as a table and JSON")):
     p = sub.add_parser(name, help=help_text)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--split", default=None, help="default: validation, else test")
@@ -291,7 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
       p.add_argument("--output", required=True, help="JSONL to write")
       p.set_defaults(run=_infer)
     else:
-      p.add_argument("--tasks", nargs="+", required=True, help="tasks or mixtures, e.g. mmlu bbh_cot")
+      p.add_argument("--tasks", nargs="+", help="tasks or mixtures, e.g. mmlu bbh_cot")
+      p.add_argument("--suite", choices=["flan"],
+                     help="flan: the Flan paper's held-out suite (its Table 5): MMLU direct and CoT, BBH direct and "
+                          "CoT, MGSM, TyDi QA (with --tydiqa) and the normalized average, beside the paper's "
+                          "Flan-T5 row of the checkpoint's size; each benchmark on the paper's split")
+      p.add_argument("--tydiqa", help="with --suite flan: the official TyDi QA GoldP dev JSON "
+                                      "(tydiqa-goldp-v1.1-dev.json); without it TyDi QA is skipped")
       p.add_argument("--output", help="JSON file for the results")
       p.set_defaults(run=_eval)
 

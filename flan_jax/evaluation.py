@@ -2,7 +2,8 @@
 generation (BBH direct and CoT, Flan tasks), averaged per mixture; a console table and a JSON file.
 
 Generated answers are compared after taking the text after "the answer is" when present, so a chain of
-thought is judged by its final answer.
+thought is judged by its final answer; a task may register its own judge (MGSM's final number, TyDi QA's
+normalised exact match).
 """
 
 import re
@@ -21,6 +22,11 @@ ANSWER = re.compile(r"the answer is\s*(.*?)\.?\s*$", re.IGNORECASE | re.DOTALL)
 def answer_of(text: str) -> str:
   match = ANSWER.search(text)
   return (match.group(1) if match else text).strip()
+
+
+def same_answer(prediction: str, target: str) -> bool:
+  """The default judge of a generated answer; a task may register its own (registration.ANSWER_MATCH)."""
+  return answer_of(prediction) == answer_of(target)
 
 
 def expand(names) -> list[tuple[str, list[str]]]:
@@ -65,14 +71,15 @@ def evaluate_task(model: inference.Model, task_name: str, split, settings: infer
     method, predictions = "rank_classification", chosen
   else:
     predictions = inference.predict(model, inputs, settings)
-    correct = [answer_of(p) == answer_of(t) for p, t in zip(predictions, targets)]
+    match = registration.ANSWER_MATCH.get(task_name, same_answer)
+    correct = [bool(match(p, t)) for p, t in zip(predictions, targets)]
     method = "generation"
   # seqio-style metric functions registered with the task: fn(targets, predictions) -> {name: value}.
   metrics = {}
   for fn in task.predict_metric_fns:
     metrics.update({k: float(v) for k, v in fn(targets, predictions).items()})
   return {"accuracy": float(np.mean(correct)), "metrics": metrics, "examples": len(rows), "split": split,
-          "method": method, "predictions": predictions}
+          "method": method, "chance": registration.CHANCE.get(task_name, 0.0), "predictions": predictions}
 
 
 def evaluate(model: inference.Model, names, settings: inference.Settings, split=None, max_examples=None,

@@ -3,18 +3,17 @@
 MNLI, RTE, BoolQ, ANLI (r1-r3), SQuAD v1.1, GSM8K and e-SNLI, mixed as Flan 2022 does: capped
 examples-proportional submixtures ('flan_tfds_nli_qa' cap 30k, 'flan_tfds_cot' cap 100k) under weights.
 TFDS must have prepared the data (`tfds build`, or TFDS_DATA_DIR pointing at it); nothing here downloads.
-The vocabulary is T5's SentencePiece model at gin `tfds_vocabulary.path` / $FLAN_JAX_VOCAB, else the shared one.
+The vocabulary is T5's SentencePiece model at $FLAN_JAX_VOCAB, else the shared one.
 """
 
 import functools
-import os
 import re
 
 import seqio
 import tensorflow_datasets as tfds
 
 from flan_jax.data import COT_TARGET, FlanTemplates, Template, add_mixture, register_flan_task
-from flan_jax.data.paths import shared_data_dir
+from flan_jax.data.paths import t5_vocabulary_path
 from flan_jax.data.preprocessors import flatten, to_python
 from flan_jax.data.registration import POOL_SIZE
 from flan_jax.vocab import sentencepiece_vocabulary
@@ -101,13 +100,6 @@ def _pool(tfds_name, split, to_fields):
   return [to_fields({k: to_python(v) for k, v in flatten(ex).items()}) for ex in tfds.as_numpy(ds)]
 
 
-def default_vocabulary_path() -> str | None:
-  if os.environ.get("FLAN_JAX_VOCAB"):
-    return os.environ["FLAN_JAX_VOCAB"]
-  shared = shared_data_dir()
-  return os.path.join(shared, "t5_vocab", "spiece.model") if shared else None
-
-
 def register(vocabulary: seqio.Vocabulary):
   for name, (tfds_name, to_fields, templates, pool_split) in TASKS.items():
     register_flan_task(f"flan_{name}", seqio.TfdsDataSource(tfds_name), templates, to_fields, vocabulary,
@@ -117,5 +109,5 @@ def register(vocabulary: seqio.Vocabulary):
   add_mixture("flan_tfds", [("flan_tfds_nli_qa", 0.4 / 0.45), ("flan_tfds_cot", 0.05 / 0.45)])
 
 
-if default_vocabulary_path():
-  register(sentencepiece_vocabulary(default_vocabulary_path()))
+if t5_vocabulary_path():
+  register(sentencepiece_vocabulary(t5_vocabulary_path()))

@@ -1,9 +1,10 @@
-"""Held-out evaluation tasks read from directories: MMLU (5-shot, the original paper's format) and BBH
-(3-shot chain-of-thought from its cot-prompts, and direct). Never put these in a training mixture.
+"""Held-out evaluation tasks read from directories: MMLU (5-shot, the original paper's format; and 5-shot
+chain-of-thought with the Flan paper authors' prompts, `mmlu-cot.json` beside the CSV folders) and BBH (3-shot
+chain-of-thought from its cot-prompts, and direct). Never put these in a training mixture.
 
 Every `<subject>_test.csv` under an MMLU directory and every `tasks/<name>.json` under a BBH directory
 becomes a task: no list of names is hard-coded. Registered from the shared data when it exists; call
-`register_mmlu(dir, vocab)` / `register_bbh(dir, vocab)` for your own copy.
+`register_mmlu(dir, vocab)` / `register_mmlu_cot(dir, vocab)` / `register_bbh(dir, vocab)` for your own copy.
 """
 
 import csv
@@ -49,15 +50,72 @@ def mmlu_records(directory: str, subject: str, split: str) -> list[dict]:
   return [{"inputs": mmlu_prompt(subject, dev, row), "targets": row[5]} for row in rows]
 
 
+def mmlu_subjects(directory: str) -> list[str]:
+  paths = glob.glob(os.path.join(directory, "test", "*_test.csv"))
+  return sorted(os.path.basename(p)[:-len("_test.csv")] for p in paths)
+
+
 def register_mmlu(directory: str, vocabulary: seqio.Vocabulary, metric_fns=(), prefix: str = "mmlu") -> list[str]:
   """Tasks <prefix>_<subject> (splits 'validation' = val, 'test') and the mixture <prefix>."""
-  subjects = sorted(os.path.basename(p)[:-len("_test.csv")] for p in glob.glob(os.path.join(directory, "test", "*_test.csv")))
+  subjects = mmlu_subjects(directory)
   if not subjects:
     raise UserError(f"no MMLU subjects in {directory} (expected test/<subject>_test.csv)")
   names = []
   for subject in subjects:
     records = {"validation": mmlu_records(directory, subject, "val"), "test": mmlu_records(directory, subject, "test")}
     register_prompt_task(f"{prefix}_{subject}", records, vocabulary, metric_fns, options=MMLU_CHOICES)
+    names.append(f"{prefix}_{subject}")
+  add_mixture(prefix, [(n, None) for n in names], split="test")
+  return names
+
+
+def mmlu_cot_question(row) -> str:
+  """A question in the layout of the CoT prompts' exemplars, ending with the cue their answers start with."""
+  choices = " ".join(f"({letter}) {choice}" for letter, choice in zip(MMLU_CHOICES, row[1:5]))
+  return f"Q: {row[0]}\n{choices}\nA: Let's think step by step."
+
+
+def mmlu_cot_prompt(prompt: str, row) -> str:
+  # Two of the authors' prompts start with a newline: stripped, so every prompt meets its question the same way.
+  return prompt.strip() + "\n\n" + mmlu_cot_question(row)
+
+
+MMLU_LETTER = re.compile(r"(?i:the answer is)\s*\(?([A-D])\b")  # a capital, so "the answer is a guess" has none
+
+
+def mmlu_letter(text: str) -> str | None:
+  """The letter after the last "The answer is", or the whole answer when it is just a letter ("C", "(C)")."""
+  found = MMLU_LETTER.findall(text)
+  if found:
+    return found[-1]
+  bare = text.strip().strip("().").strip()
+  return bare if bare in MMLU_CHOICES else None
+
+
+def mmlu_letter_match(prediction: str, target: str) -> bool:
+  letter = mmlu_letter(prediction)
+  return letter is not None and letter == mmlu_letter(target)
+
+
+def register_mmlu_cot(directory: str, vocabulary: seqio.Vocabulary, prefix: str = "mmlu_cot") -> list[str]:
+  """Tasks <prefix>_<subject> (splits as register_mmlu) and the mixture <prefix>: 5-shot chain of thought with
+  the prompts in <directory>/mmlu-cot.json (subject -> prompt); the answer letter is judged, the target is it."""
+  path = os.path.join(directory, "mmlu-cot.json")
+  if not os.path.isfile(path):
+    raise UserError(f"no MMLU chain-of-thought prompts at {path}")
+  with open(path, encoding="utf-8") as f:
+    prompts = json.load(f)
+  subjects = mmlu_subjects(directory)
+  missing = [s for s in subjects if s not in prompts]
+  if missing:
+    raise UserError(f"{path} has no prompt for MMLU subject(s) {', '.join(missing)}")
+  names = []
+  for subject in subjects:
+    records = {split: [{"inputs": mmlu_cot_prompt(prompts[subject], row), "targets": row[5]}
+                       for row in _read_csv(os.path.join(directory, folder, f"{subject}_{folder}.csv"))]
+               for split, folder in (("validation", "val"), ("test", "test"))}
+    register_prompt_task(f"{prefix}_{subject}", records, vocabulary, match=mmlu_letter_match,
+                         chance=100.0 / len(MMLU_CHOICES))
     names.append(f"{prefix}_{subject}")
   add_mixture(prefix, [(n, None) for n in names], split="test")
   return names
@@ -84,6 +142,18 @@ def bbh_prompt(description: str, shots, question: str, cot: bool) -> str:
   return f"{description}\n\n" + "\n\n".join(blocks) + f"\n\nQ: {question}\nA:{cue}"
 
 
+def bbh_chance(examples) -> float:
+  """Percent right by guessing uniformly: one in the number of listed options ("(A) ..." or "- ..." lines after
+  "Options:"); one in two for a task whose answers take two values (True/False); else 0 (free-form answers)."""
+  two_valued = len({ex["target"] for ex in examples}) == 2
+  chances = []
+  for ex in examples:
+    listed = ex["input"].split("Options:", 1)[1] if "Options:" in ex["input"] else ""
+    n = max(len(set(re.findall(r"\(([A-Z])\)", listed))), len(re.findall(r"^- ", listed, re.M)))
+    chances.append(1 / n if n else 0.5 if two_valued else 0.0)
+  return 100.0 * sum(chances) / len(chances)
+
+
 def register_bbh(directory: str, vocabulary: seqio.Vocabulary, metric_fns=(), prefix: str = "bbh") -> list[str]:
   """Tasks <prefix>_<name>_cot and <prefix>_<name>_direct (split 'test'), mixtures <prefix>_cot and _direct."""
   files = sorted(glob.glob(os.path.join(directory, "tasks", "*.json")))
@@ -102,7 +172,8 @@ def register_bbh(directory: str, vocabulary: seqio.Vocabulary, metric_fns=(), pr
     for mode in names:
       records = [{"inputs": bbh_prompt(description, shots, ex["input"], mode == "cot"), "targets": ex["target"]}
                  for ex in examples]
-      register_prompt_task(f"{prefix}_{name}_{mode}", {"test": records}, vocabulary, metric_fns)
+      register_prompt_task(f"{prefix}_{name}_{mode}", {"test": records}, vocabulary, metric_fns,
+                           chance=bbh_chance(examples))
       names[mode].append(f"{prefix}_{name}_{mode}")
   for mode, task_names in names.items():
     add_mixture(f"{prefix}_{mode}", [(n, None) for n in task_names], split="test")
@@ -112,4 +183,6 @@ def register_bbh(directory: str, vocabulary: seqio.Vocabulary, metric_fns=(), pr
 if shared_data_dir():
   _vocab = sentencepiece_vocabulary(os.path.join(shared_data_dir(), "t5_vocab", "spiece.model"))
   register_mmlu(os.path.join(shared_data_dir(), "mmlu"), _vocab)
+  if os.path.isfile(os.path.join(shared_data_dir(), "mmlu", "mmlu-cot.json")):
+    register_mmlu_cot(os.path.join(shared_data_dir(), "mmlu"), _vocab)
   register_bbh(os.path.join(shared_data_dir(), "bbh"), _vocab)

@@ -39,7 +39,8 @@ def list_lines() -> list[str]:
 
 def show_lines(name: str, split: str, n: int, feature_lengths: dict, seed: int = 0) -> list[str]:
   provider = get_provider(name)
-  ds = provider.get_dataset(feature_lengths, split=split, shuffle=False, seed=seed, num_epochs=1)
+  keep_text = {"copy_pretokenized": True} if isinstance(provider, seqio.Mixture) else {}  # mixtures drop it
+  ds = provider.get_dataset(feature_lengths, split=split, shuffle=False, seed=seed, num_epochs=1, **keep_text)
   vocabulary = provider.output_features["inputs"].vocabulary
   lines = []
   for i, ex in enumerate(iterate(ds.take(n))):

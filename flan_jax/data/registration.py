@@ -128,15 +128,31 @@ def register_file_task(name: str, files: dict, templates, vocabulary: seqio.Voca
 
 # Tasks evaluated by rank classification: task name -> the answer options scored for every example.
 RANK_OPTIONS: dict[str, list[str]] = {}
+# Tasks whose generated answers a benchmark judges by its own rule (the final number, exact match after
+# normalisation) rather than by equal answers: task name -> match(prediction, target) -> bool.
+ANSWER_MATCH: dict = {}
+# Accuracy (percent) of guessing uniformly among a task's answers: the lower bound of the Flan paper's normalized
+# scores (BIG-bench's "normalized preferred metric"). Tasks not listed have free-form answers: 0.
+CHANCE: dict[str, float] = {}
 
 
 def register_prompt_task(name: str, records_by_split: dict, vocabulary: seqio.Vocabulary, metric_fns=(),
-                         postprocess_fn=None, options: list[str] | None = None) -> seqio.Task:
+                         postprocess_fn=None, options: list[str] | None = None, match=None,
+                         chance: float | None = None) -> seqio.Task:
   """A task whose records already hold `inputs` and `targets`: held-out evaluation prompts such as MMLU
   5-shot or BBH, which must not vary by template. With `options`, evaluation scores each option (rank
-  classification) instead of generating."""
+  classification) instead of generating. `match` and `chance`: see ANSWER_MATCH and CHANCE (with options,
+  chance defaults to one in len(options))."""
+  for registry in (RANK_OPTIONS, ANSWER_MATCH, CHANCE):
+    registry.pop(name, None)  # re-registering a name forgets what the old task had
   if options:
     RANK_OPTIONS[name] = list(options)
+  if match:
+    ANSWER_MATCH[name] = match
+  if chance is None and options:
+    chance = 100.0 / len(options)
+  if chance:
+    CHANCE[name] = float(chance)
 
   def decode(dataset):
     def to_strings(line):
@@ -158,7 +174,8 @@ def register_prompt_task(name: str, records_by_split: dict, vocabulary: seqio.Vo
 # that start with its prefix, so a command imports only the module it needs (TFDS and the held-out files are slow).
 BUILTIN_TASK_MODULES = {"demo_": "flan_jax_tasks.demo", "shared_": "flan_jax_tasks.shared_data",
                         "mmlu": "flan_jax_tasks.held_out", "bbh": "flan_jax_tasks.held_out",
-                        "flan_": "flan_jax_tasks.flan_tfds"}
+                        "mgsm": "flan_jax_tasks.mgsm", "flan_": "flan_jax_tasks.flan_tfds",
+                        "flan2022": "flan_jax_tasks.flan_collection"}
 
 
 def _registered(name: str) -> bool:
@@ -184,6 +201,8 @@ def get_provider(name: str):
   known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
   close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
   hint = f"; closest: {', '.join(close)}" if close else f"; {len(known)} registered (flan-jax tasks list)"
+  if name.startswith("flan2022") and not os.environ.get("FLAN_JAX_FLAN_COLLECTION"):
+    hint = "; the Flan 2022 collection registers from the folder named by $FLAN_JAX_FLAN_COLLECTION, which is unset"
   raise UserError(f"unknown task or mixture {name!r}{hint}")
 
 
