@@ -1,7 +1,7 @@
 """The offline demo: a procedural family of string-rewrite instructions, with thousands of possible tasks.
 
-One task is one rule stated in its instruction ("Replace every c with h.", "Reverse the text, then delete every
-a.") applied to a word of random letters. A rule never trained on can only be answered by reading its
+One task is one rule stated in its instruction ("Replace every c with h.", "Delete every a, then write every d
+twice.") applied to a word of random letters. A rule never trained on can only be answered by reading its
 instruction, which is what instruction tuning is meant to teach (Zhang, Wang & Charton 2024 use string rewrites
 the same way). Nothing is read or downloaded: examples come from seeded generators, the vocabulary is UTF-8
 bytes.
@@ -69,7 +69,9 @@ class Step:
 
 
 CLOSED = {"contains": ["yes", "no"], "count": ["0", "1", "2", "3"]}  # operations with a closed answer set
-REWRITES = ("replace", "delete", "double", "reverse", "rotate")       # the ones compositions are built from
+# Compositions are built from the letter-wise rewrites only: their output keeps the input's order, which the
+# tiny model learns to copy sooner than a reversed or rotated word (reverse, rotate and upper train as single rules).
+REWRITES = ("replace", "delete", "double")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,8 +126,8 @@ def rule_split() -> tuple:
   while len(pairs) < num_compositions + NUM_HELD_OUT_COMPOSITIONS:
     a, b = (rewrites[i] for i in rng.choice(len(rewrites), 2, replace=False))
     undone = a.op in ("replace", "delete") and b.letters[:1] == a.letters[:1]  # b would find no letter to act on
-    if a.op == b.op or {a.op, b.op} == {"reverse", "rotate"} or undone or (a, b) in seen:
-      continue  # two steps of one kind read as one; reverse and rotate together read as one odd rule
+    if a.op == b.op or undone or (a, b) in seen:
+      continue  # two steps of one kind read as one
     seen.add((a, b))
     pairs.append(Rule((a, b)))
   return trained + pairs[:num_compositions], held_out, pairs[num_compositions:]
