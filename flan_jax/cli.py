@@ -1,6 +1,7 @@
 """The `flan-jax` command: one entry point, one subcommand per job.
 
-Bad input (UserError) prints one line `flan-jax: error: ...` and exits 2, with no traceback.
+Bad input (UserError) prints one line `flan-jax: error: ...` and exits 2, with no traceback; a crash exits 1; a
+preempted `train` (SIGTERM) exits 75 once its step is saved (flan_jax/preemption.py): run the same command again.
 """
 
 import argparse
@@ -13,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from flan_jax import hugepages  # noqa: E402
 from flan_jax.errors import UserError  # noqa: E402
+from flan_jax.preemption import EXIT_CODE as PREEMPTED, Preempted  # noqa: E402
 
 
 def _import_hf(args):
@@ -364,6 +366,9 @@ def main(argv=None) -> int:
     # One line: gin appends "In call to configurable ..." on a line of its own.
     print(f"flan-jax: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
     return 2
+  except Preempted as e:
+    print(f"flan-jax: {str(e).splitlines()[0]}", file=sys.stderr)
+    return PREEMPTED
   return 0
 
 
@@ -385,6 +390,9 @@ def run(argv=None) -> NoReturn:
     code = 1
   sys.stdout.flush()
   sys.stderr.flush()
+  if code == PREEMPTED and "jax" in sys.modules:
+    import jax
+    jax.distributed.shutdown()  # leave together: no process takes another's exit for a lost host
   if code:
     os._exit(code)
   sys.exit(0)

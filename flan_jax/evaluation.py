@@ -56,6 +56,8 @@ def examples(task_name: str, split: str | None, max_examples: int | None) -> tup
 def evaluate_task(model: inference.Model, task_name: str, split, settings: inference.Settings,
                   max_examples=None) -> dict:
   task = seqio.get_mixture_or_task(task_name)
+  if isinstance(task, seqio.Mixture):
+    return _evaluate_mixture(model, task, split, settings, max_examples)
   task_vocab = fingerprint(task.output_features["targets"].vocabulary)
   if model.fingerprint and task_vocab != model.fingerprint:
     raise UserError(f"vocab mismatch: task {task_name} uses {task_vocab}, the checkpoint {model.fingerprint}")
@@ -80,6 +82,18 @@ def evaluate_task(model: inference.Model, task_name: str, split, settings: infer
     metrics.update({k: float(v) for k, v in fn(targets, predictions).items()})
   return {"accuracy": float(np.mean(correct)), "metrics": metrics, "examples": len(rows), "split": split,
           "method": method, "chance": registration.CHANCE.get(task_name, 0.0), "predictions": predictions}
+
+
+def _evaluate_mixture(model, mixture: seqio.Mixture, split, settings, max_examples) -> dict:
+  """A mixture as one entry (in-training eval names mixtures: EVAL_TASKS = ["mmlu"]): each of its tasks on its
+  first `max_examples` examples, the accuracy and chance averaged over the tasks as `evaluate` averages a group."""
+  parts = [evaluate_task(model, t.name, split, settings, max_examples) for t in mixture.tasks]
+  methods = sorted({p["method"] for p in parts})
+  return {"accuracy": float(np.mean([p["accuracy"] for p in parts])), "metrics": {},
+          "examples": sum(p["examples"] for p in parts), "split": parts[0]["split"],
+          "method": methods[0] if len(methods) == 1 else "mixed",
+          "chance": float(np.mean([p["chance"] for p in parts])),
+          "predictions": [x for p in parts for x in p["predictions"]]}
 
 
 def evaluate(model: inference.Model, names, settings: inference.Settings, split=None, max_examples=None,

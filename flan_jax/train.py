@@ -24,7 +24,7 @@ import gin
 import jax
 import numpy as np
 
-from flan_jax import checkpoints, evaluation, inference, logs, partitioning, t5x, trainer
+from flan_jax import checkpoints, evaluation, inference, logs, partitioning, preemption, t5x, trainer
 from flan_jax.data import pipeline, registration
 from flan_jax.errors import UserError
 from flan_jax.models import T5Config
@@ -87,6 +87,8 @@ def _check_settings(s: dict) -> None:
   need(s["loss_normalizing_factor"] is None or s["loss_normalizing_factor"] > 0,
        f"LOSS_NORMALIZING_FACTOR must be None or > 0, got {s['loss_normalizing_factor']}")
   need(s["log_period_seconds"] >= 0, f"train.log_period_seconds must be >= 0, got {s['log_period_seconds']}")
+  need(s["preemption_deadline_seconds"] > 0,
+       f"train.preemption_deadline_seconds must be > 0, got {s['preemption_deadline_seconds']}")
   need(s["best_mode"] in ("max", "min"), f"train.best_mode must be 'max' or 'min', got {s['best_mode']!r}")
   need(not s["best_metric"] or (s["eval_tasks"] and s["eval_period"]),
        "train.best_metric needs EVAL_TASKS and an EVAL_PERIOD > 0")
@@ -119,8 +121,11 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           eval_tasks: tuple = (), eval_split: str = "validation", eval_batch_size: int = 32,
           eval_max_examples: int = 100,
           best_metric: str | None = None, best_mode: str = "max", log_period_seconds: float = 5.0,
-          log_fn=print) -> dict:
-  """Train; returns the last logged metrics (and the last eval, if any)."""
+          preemption_deadline_seconds: float = 120.0, log_fn=print) -> dict:
+  """Train; returns the last logged metrics (and the last eval, if any).
+
+  On SIGTERM, saves the step every process agrees on and raises preemption.Preempted (flan_jax/preemption.py);
+  a second SIGTERM or `preemption_deadline_seconds` after the first ends the process without a new save."""
   started = time.time()
   _check_settings(locals())
   # First, so that every process of a run meets a mesh that cannot be laid out at the same point, before the
@@ -134,6 +139,9 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
 
   ckpt_dir = os.path.join(model_dir, "checkpoints")
   resume = _existing_checkpoint(ckpt_dir)
+  if resume and resume[1] >= train_steps:  # a launcher's rerun of a finished run: no restore, no compilation
+    log_fn(f"nothing to do: {ckpt_dir} already holds step {resume[1]} of TRAIN_STEPS={train_steps}")
+    return {}
   initial = _initial_meta(initial_checkpoint_path) if initial_checkpoint_path and not resume else None
   source_meta = (resume or initial or (None, None, None))[2]
   config = resolve_model_config(checkpoints.model_config(source_meta) if source_meta else None)
@@ -159,7 +167,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   rng = jax.random.key(random_seed)
   init_rng, dropout_key = jax.random.split(rng)
 
-  with jax.set_mesh(mesh), partitioning.axis_rules():
+  watch = preemption.Watch(preemption_deadline_seconds, resume[1] if resume else 0, log_fn)
+  with jax.set_mesh(mesh), partitioning.axis_rules(), watch:
     frozen = None
     if config.lora_rank:  # the frozen base of the adapters
       frozen = t5x.restore_params(lora_base, shardings.frozen_target())
@@ -236,8 +245,11 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
         state, metrics = step_fn(state, partitioning.global_batch(local, mesh, layout), dropout_key)
         done = step + 1
         pending.append((done, tokens * layout.num_shards, metrics))
-        evaluate_now = bool(eval_fn and eval_period and (done % eval_period == 0 or done == train_steps))
-        save_now = done % checkpoint_period == 0 or done == train_steps
+        # Every process stops at the same step: the eval is skipped, the save is waited for.
+        preempted = watch.reached(done) and done < train_steps
+        evaluate_now = bool(eval_fn and eval_period and (done % eval_period == 0 or done == train_steps)) and \
+            not preempted
+        save_now = done % checkpoint_period == 0 or done == train_steps or preempted
         if evaluate_now or save_now or progress.due(done):
           check_pending()
         if evaluate_now:
@@ -253,8 +265,12 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           last, last_eval = {**last, **evaluated}, evaluated
         if save_now:
           step_meta = {**meta, "data": {**meta["data"], "batches_consumed": done}}
-          checkpoints.save(last_mngr, done, state.params, step_meta, opt_state=state.opt_state, wait=False,
+          checkpoints.save(last_mngr, done, state.params, step_meta, opt_state=state.opt_state, wait=preempted,
                            data_iterator=iterator)
+        if preempted:
+          raise preemption.Preempted(f"preempted: step {done} saved in {ckpt_dir}, "
+                                     f"{time.time() - watch.started_at:.1f}s after the notice; run the same command "
+                                     f"again to resume")
     finally:
       writer.close()
       last_mngr.close()  # waits for a save still being written

@@ -4,6 +4,7 @@
 #   scripts/gpu_node.sh [--run] [--nodes N --node_rank R --coordinator HOST:PORT] -- train --gin_file=... ...
 #
 # On several nodes, run it on each with its --node_rank; node 0's HOST:PORT is the coordinator.
+# After a preemption exit (75) the command runs again (scripts/rerun_on_preemption.sh) and resumes.
 # Without --run it prints the command it would run.
 set -euo pipefail
 run=0 nodes=1 rank=0 coordinator=""
@@ -24,7 +25,7 @@ if [ "$nodes" -gt 1 ]; then
   env="FLAN_JAX_COORDINATOR_ADDRESS=$coordinator FLAN_JAX_NUM_PROCESSES=$nodes FLAN_JAX_PROCESS_ID=$rank "
 fi
 cd "$(dirname "$0")/.."
-command="${env}.venv/bin/flan-jax$(printf ' %q' "$@")"
+command="${env}scripts/rerun_on_preemption.sh .venv/bin/flan-jax$(printf ' %q' "$@")"
 echo "[ -x .venv/bin/flan-jax ] || (python3 -m venv .venv && .venv/bin/pip install -q -e '.[cuda]')"
 echo "$command"
 if [ $run = 1 ]; then

@@ -324,3 +324,32 @@ def test_suite_end_to_end_on_a_tiny_model(tiny_checkpoint, small_suite, tmp_path
   assert results["tasks"]["mmlu_cot_abstract_algebra"]["chance"] == 25.0
   assert results["tasks"]["bbh_navigate_direct"]["chance"] == 50.0 and results["paper"] is None
   assert results["tasks"]["bbh_temporal_sequences_cot"]["chance"] == 25.0
+
+
+def test_in_training_eval_of_the_presets_mixtures(tiny_checkpoint, small_suite):
+  """runs/flan_t5.gin's EVAL_TASKS name mixtures (mmlu, bbh_direct) on 'test': each gets the mean accuracy of its
+  tasks evaluated one by one, its loss over the split, and eval/average/accuracy (the presets' best_metric) is the
+  mean of the two."""
+  import jax
+  import numpy as np
+
+  from flan_jax import inference, partitioning, train, trainer
+  from flan_jax.optim import adafactor
+  model = inference.load(tiny_checkpoint)
+  mesh = partitioning.make_mesh(1, 1)
+  shardings = trainer.Shardings(model.config, adafactor(), mesh)
+  lengths = {"inputs": 96, "targets": 8}
+  with jax.set_mesh(mesh), partitioning.axis_rules():
+    evaluate = train._make_evaluator(model.config, shardings, ["mmlu", "bbh_direct"], "test", lengths, 4, 3,
+                                     model.vocabulary)
+    out = evaluate(model.params)
+  settings = inference.Settings(batch_size=4, inputs_length=96, max_decode_length=8)
+  groups = {"mmlu": ["mmlu_abstract_algebra"], "bbh_direct": ["bbh_navigate_direct", "bbh_temporal_sequences_direct"]}
+  for mixture, tasks in groups.items():
+    each = [evaluation.evaluate_task(model, t, "test", settings, 3)["accuracy"] for t in tasks]
+    assert out[f"eval/{mixture}/accuracy"] == pytest.approx(np.mean(each))
+    assert np.isfinite(out[f"eval/{mixture}/loss"]) and 0 <= out[f"eval/{mixture}/token_accuracy"] <= 1
+  mean = (out["eval/mmlu/accuracy"] + out["eval/bbh_direct/accuracy"]) / 2
+  assert out["eval/average/accuracy"] == pytest.approx(mean)
+  mixed = evaluation.evaluate_task(model, "bbh_direct", "test", settings, 3)
+  assert mixed["examples"] == 6 and mixed["split"] == "test" and mixed["chance"] == pytest.approx((50.0 + 25.0) / 2)

@@ -1,21 +1,31 @@
 """Several processes (jax.distributed over gloo, fake CPU devices): 2 processes train exactly as 1 process on one
 device (this test's), whichever way the mesh's axes cross the processes; a mesh that cannot be laid out is one
-error. The reference runs on one device because a mesh's layout changes no loss beyond 1e-5 (test_mesh's 4x2
-test); what is tested here is that the processes together compute what one does."""
+error; a SIGTERM to one process saves the same step in both; a SIGKILL to one ends the other. The reference runs
+on one device because a mesh's layout changes no loss beyond 1e-5 (test_mesh's 4x2 test); what is tested here is
+that the processes together compute what one does."""
+
+import os
+import time
 
 import pytest
 
-from flan_jax import checkpoints, logs
-from test_train import _free_port, params_difference, run_in_process, run_subprocess, train_losses
+from flan_jax import checkpoints, logs, preemption
+from test_train import (_free_port, assert_bitwise_equal, params_difference, run_in_process, run_subprocess,
+                        train_losses)
 
 
-def _two_processes(model_dir, steps, *flags, env=None, cwd=None):
+def _start_two(model_dir, steps, *flags, env=None, cwd=None, env_1=None):
+  """Processes 0 and 1 of one run, each with 2 fake CPU devices; `env_1` only for process 1."""
   port = _free_port()
-  procs = [run_subprocess(model_dir, steps, *flags, f"--coordinator_address=127.0.0.1:{port}",
-                          "--num_processes=2", f"--process_id={i}", wait=False, cwd=cwd,
-                          env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
-                               **(env or {})})
-           for i in range(2)]
+  return [run_subprocess(model_dir, steps, *flags, f"--coordinator_address=127.0.0.1:{port}",
+                         "--num_processes=2", f"--process_id={i}", wait=False, cwd=cwd,
+                         env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+                              **(env or {}), **((env_1 or {}) if i else {})})
+          for i in range(2)]
+
+
+def _two_processes(model_dir, steps, *flags, env=None, cwd=None, env_1=None):
+  procs = _start_two(model_dir, steps, *flags, env=env, cwd=cwd, env_1=env_1)
   outputs = [p.communicate(timeout=600)[0] for p in procs]
   return [p.returncode for p in procs], outputs
 
@@ -49,27 +59,74 @@ def test_two_processes_equal_one_process(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
-  """The demo mixture (packed, shuffled), 3 steps on one device: the run both layouts below are compared with."""
+  """The demo mixture (packed, shuffled), 4 steps on one device: the run both layouts below are compared with."""
   model_dir = tmp_path_factory.mktemp("single") / "run"
-  lines = run_in_process(str(model_dir), 3, "--gin.make_mesh.data_parallel=1")
+  lines = run_in_process(str(model_dir), 4, "--gin.make_mesh.data_parallel=1")
   assert any("data shard 0 of 1, 8 rows a step from this process" in line for line in lines)
   return model_dir
 
 
-@pytest.mark.parametrize("mesh", [
-    ["--gin.make_mesh.data_parallel=1", "--gin.make_mesh.model_parallel=4"],
-    ["--gin.make_mesh.data_parallel=2", "--gin.make_mesh.model_parallel=2", "--gin.make_mesh.minor_axis='data'"],
-], ids=["1x4", "2x2_model_across_processes"])
-def test_model_axis_across_processes_equals_one_process(mesh, one_process, tmp_path):
+MESHES = {"1x4": ["--gin.make_mesh.data_parallel=1", "--gin.make_mesh.model_parallel=4"],
+          "2x2_model_across_processes": ["--gin.make_mesh.data_parallel=2", "--gin.make_mesh.model_parallel=2",
+                                         "--gin.make_mesh.minor_axis='data'"]}
+
+
+@pytest.fixture(scope="module")
+def two_by_two(tmp_path_factory):
+  """2 processes, the 2x2 mesh with the model axis across them, 4 steps uninterrupted: compared bitwise below."""
+  model_dir = tmp_path_factory.mktemp("multi") / "run"
+  codes, outputs = _two_processes(model_dir, 4, *MESHES["2x2_model_across_processes"])
+  assert codes == [0, 0], outputs
+  return model_dir, outputs
+
+
+@pytest.mark.parametrize("mesh", sorted(MESHES))
+def test_model_axis_across_processes_equals_one_process(mesh, one_process, tmp_path, request):
   """Processes that hold replicas of the same rows read the same shard: with packing and shuffling on the demo
   mixture, 2 processes x 2 devices train exactly as 1 process."""
-  codes, outputs = _two_processes(tmp_path / "multi", 3, *mesh)
-  assert codes == [0, 0], outputs
+  if mesh == "1x4":
+    codes, outputs = _two_processes(tmp_path / "multi", 4, *MESHES[mesh])
+    assert codes == [0, 0], outputs
+    model_dir = tmp_path / "multi"
+  else:
+    model_dir, outputs = request.getfixturevalue("two_by_two")
   assert all("data shard 0 of 1, 8 rows a step from this process" in out for out in outputs)
-  a, b = train_losses(one_process), train_losses(tmp_path / "multi")
-  assert sorted(a) == sorted(b) == [1, 2, 3]
+  a, b = train_losses(one_process), train_losses(model_dir)
+  assert sorted(a) == sorted(b) == [1, 2, 3, 4]
   assert max(abs(a[s] - b[s]) for s in a) <= 1e-5, (a, b)
-  assert params_difference(one_process, tmp_path / "multi", 3) <= 1e-5
+  assert params_difference(one_process, model_dir, 4) <= 1e-5
+
+
+def test_sigterm_to_one_process_saves_the_same_step_in_both(two_by_two, tmp_path):
+  """One trial (the suite's time): process 1 alone gets SIGTERM after step 1 and waits 2 s, by when process 0 has
+  started step 2, so JAX's preemption service fixes step 3. Both save it and exit with the preemption code; the
+  rerun restores each process's own iterator (train_ds-<p>-of-2) and ends bitwise where the uninterrupted run does."""
+  model_dir = tmp_path / "run"
+  codes, outputs = _two_processes(model_dir, 4, *MESHES["2x2_model_across_processes"],
+                                  env_1={"SIGNAL_AT_STEP": "1:TERM"})
+  assert codes == [preemption.EXIT_CODE] * 2, outputs
+  assert all(f"flan-jax: preempted: step 3 saved in {model_dir}/checkpoints, " in out for out in outputs), outputs
+  saved = os.listdir(model_dir / "checkpoints" / "3" / "data_iterator")
+  assert sorted(f for f in saved if f.startswith("train_ds")) == [
+      f"train_ds-0000{p}-of-00002.{ext}" for p in range(2) for ext in ("data-00000-of-00001", "index")]
+  codes, outputs = _two_processes(model_dir, 4, *MESHES["2x2_model_across_processes"])
+  assert codes == [0, 0], outputs
+  assert all("restored the input position at step 3" in out for out in outputs)
+  assert_bitwise_equal(two_by_two[0], model_dir, 4)
+  assert train_losses(model_dir) == train_losses(two_by_two[0])
+
+
+def test_sigkill_to_one_process_ends_the_other(tmp_path):
+  """Process 1 SIGKILLs itself after step 1; process 0, blocked in step 2's collectives, is ended by the lost
+  heartbeats (a 5 s timeout here) and says which process stopped."""
+  procs = _start_two(tmp_path / "run", 50, "--gin.initialize.heartbeat_timeout_seconds=5",
+                     env_1={"SIGNAL_AT_STEP": "1:KILL"})
+  procs[1].wait(timeout=600)
+  killed = time.time()
+  output = procs[0].communicate(timeout=120)[0]
+  assert procs[1].returncode == -9 and procs[0].returncode != 0, output[-3000:]
+  assert time.time() - killed < 5 + 20, output[-3000:]
+  assert "stopped sending heartbeats" in output, output[-3000:]
 
 
 def test_a_mesh_that_cannot_be_laid_out_over_the_processes(tmp_path):

@@ -210,3 +210,63 @@ def test_parameters_over_data_shard_weights_and_optimizer_state_over_both_axes()
   assert args[False] - args[True] > 0.5 * weights / 4  # most of the quarter of the weights a chip held is gone
   specs = partitioning.param_specs(abstract_variables(TINY)["params"])
   assert specs["encoder"]["layers_0"]["attention"]["query"]["kernel"] == jax.sharding.PartitionSpec("data", "model")
+
+
+# --- the per-size Flan-T5 presets, gin/runs/flan_t5_<size>.gin ---
+
+# size -> (Table 22's steps, its smallest slice, data x model there, remat, microbatches, parameters over data).
+PRESETS = {"small": (98_000, "v4-8", (4, 1), False, 1, False), "base": (84_000, "v4-8", (4, 1), True, 1, False),
+           "large": (64_000, "v4-8", (4, 1), True, 1, False), "xl": (38_000, "v4-8", (1, 4), True, 4, False),
+           "xxl": (14_000, "v4-32", (2, 8), True, 2, True)}
+D_MODEL = {"small": 512, "base": 768, "large": 1024, "xl": 2048, "xxl": 4096}
+CHIPS = {"v4-8": 4, "v4-32": 16}
+
+
+def _preset(size):
+  from flan_jax import gin_utils, train  # noqa: F401  (train: registers the configurables the presets bind)
+  gin_utils.parse([f"runs/flan_t5_{size}.gin"], [], finalize=False)
+
+
+@pytest.mark.parametrize("size", sorted(PRESETS))
+def test_flan_t5_preset_binds_table_22_and_its_mesh(size):
+  import gin
+  steps, topology, (data, model), remat, microbatches, over_data = PRESETS[size]
+  _preset(size)
+  bound = gin.get_bindings("train")
+  assert bound["train_steps"] == steps and bound["batch_size"] == 64
+  assert bound["task_feature_lengths"] == {"inputs": 2048, "targets": 512} and bound["pack"] is True
+  assert bound["z_loss"] == 1e-4 and bound["mixture_or_task_name"] == "flan2022"
+  assert gin.get_bindings("adafactor") == {"learning_rate": 5e-4, "warmup_steps": 0}  # constant
+  config = T5Config()
+  assert config.dropout_rate == 0.05 and config.dtype == "bfloat16" and config.d_model == D_MODEL[size]
+  # Held-out eval picks the best checkpoint; mixture names are evaluated task by task (evaluation.evaluate_task).
+  assert bound["eval_tasks"] == ["mmlu", "bbh_direct"] and bound["eval_split"] == "test"
+  assert bound["best_metric"] == "eval/average/accuracy" and bound["eval_period"] > 0 and bound["eval_max_examples"]
+  # The settings `flan-jax plan` found to fit the smallest slice (README, BENCHMARKS.md).
+  assert plan._gin_mesh(CHIPS[topology]) == (data, model)
+  assert config.remat == remat and bound.get("num_microbatches", 1) == microbatches
+  assert partitioning.logical_axis_rules() == partitioning.logical_axis_rules(over_data)
+
+
+# Each preset's mesh, remat, microbatches, bf16 and batch on its slice, compiled through `flan-jax plan` at TINY's
+# size (with 8 heads of 32, which 'model' = 8 splits). Compiles are slow on a 2-core machine, so only xl and xxl,
+# whose settings no other test compiles: small, base and large run data parallel (4 x 1) on a v4-8, as
+# test_compiled_arguments_are_the_sharded_state_and_batch (float32) and
+# test_bfloat16_and_remat_match_float32_and_compile_for_tpu (bf16 with remat) compile; the test above checks that
+# they bind exactly that.
+@pytest.mark.parametrize("size", ["xl", "xxl"])
+def test_flan_t5_preset_compiles_for_its_slice(size, capsys):
+  _, topology, (data, model), remat, microbatches, over_data = PRESETS[size]
+  shrink = {**{k: getattr(TINY, k) for k in ("vocab_size", "d_model", "d_ff", "num_encoder_layers",
+                                            "num_decoder_layers")}, "num_heads": 8, "d_kv": 32}
+  code = cli.main(["plan", f"--gin_file=runs/flan_t5_{size}.gin", "--topology", topology,
+                   f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}"] + [f"--gin.T5Config.{k}={v}" for k, v in shrink.items()])
+  out = capsys.readouterr()
+  assert code == 0, out.err[-3000:]
+  lines = out.out.splitlines()
+  rows = 64 // (CHIPS[topology] // 4)  # 4 chips a host
+  assert lines[0].startswith(f"{topology}: ") and (
+      f"mesh data={data} x model={model}, remat={remat}, microbatches={microbatches}"
+      f"{', parameters over data' if over_data else ''}; {rows} rows per host") in lines[0], lines[0]
+  assert lines[1].endswith(": fits"), lines[1]
+  assert "decode (infer/eval" in out.out and "does not fit" not in out.out

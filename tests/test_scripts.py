@@ -8,9 +8,9 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(*cmd):
+def _run(*cmd, env=None):
   return subprocess.run(list(cmd), cwd=REPO, capture_output=True, text=True, timeout=300,
-                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
 
 
 def test_tpu_vm_script_prints_one_command_for_every_worker():
@@ -19,7 +19,8 @@ def test_tpu_vm_script_prints_one_command_for_every_worker():
   assert out.returncode == 0, out.stderr
   lines = out.stdout.splitlines()
   assert len(lines) == 2 and all("--worker=all" in line for line in lines)
-  assert "FLAN_JAX_DISTRIBUTED=auto .venv/bin/flan-jax train --gin_file=models/xxl.gin" in lines[1]
+  assert ("FLAN_JAX_DISTRIBUTED=auto scripts/rerun_on_preemption.sh .venv/bin/flan-jax train "
+          "--gin_file=models/xxl.gin") in lines[1]
 
 
 def test_gpu_node_script_sets_the_coordinator_for_multi_node():
@@ -27,9 +28,30 @@ def test_gpu_node_script_sets_the_coordinator_for_multi_node():
              "--", "train", "--gin_file=models/xl.gin")
   assert out.returncode == 0, out.stderr
   assert ("FLAN_JAX_COORDINATOR_ADDRESS=10.0.0.1:1234 FLAN_JAX_NUM_PROCESSES=2 FLAN_JAX_PROCESS_ID=1 "
-          ".venv/bin/flan-jax train --gin_file=models/xl.gin") in out.stdout
+          "scripts/rerun_on_preemption.sh .venv/bin/flan-jax train --gin_file=models/xl.gin") in out.stdout
   assert _run("bash", "scripts/gpu_node.sh", "--nodes", "2", "--", "train").returncode == 2
   assert _run("bash", "-n", "scripts/slurm.sbatch").returncode == 0
+
+
+def test_launchers_run_again_after_the_preemption_exit_code(tmp_path):
+  """A job preempted twice (exit 75) runs three times, then ends with its own code; any other code ends it at once.
+  Under Slurm (srun and scontrol stubbed) a preempted job requeues itself."""
+  runs = tmp_path / "runs"
+  job = f"echo run >> {runs}; [ $(wc -l < {runs}) -ge 3 ] || exit 75"
+  out = _run("bash", "scripts/rerun_on_preemption.sh", "bash", "-c", job)
+  assert out.returncode == 0 and runs.read_text().count("run") == 3, out.stderr
+  assert out.stderr.count("preempted (exit 75): running the same command again") == 2
+  assert _run("bash", "scripts/rerun_on_preemption.sh", "bash", "-c", "exit 1").returncode == 1
+  stubs = tmp_path / "bin"
+  stubs.mkdir()
+  (stubs / "srun").write_text("#!/bin/sh\nexit 75\n")
+  (stubs / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'scontrol'}\n")
+  for stub in stubs.iterdir():
+    stub.chmod(0o755)
+  out = _run("bash", "scripts/slurm.sbatch", env={"PATH": f"{stubs}:{os.environ['PATH']}", "SLURM_JOB_ID": "42",
+                                                  "SLURM_SUBMIT_DIR": REPO})
+  assert out.returncode == 75 and "preempted (exit 75): requeueing job 42" in out.stdout, out.stderr
+  assert (tmp_path / "scontrol").read_text().strip() == "requeue 42"
 
 
 def test_memory_plan_for_xxl_on_v5e():
@@ -65,3 +87,14 @@ def test_train_and_decode_benchmarks_run_on_a_tiny_model():
   rows = [line.split("|") for line in out.stdout.splitlines() if line.startswith("| ") and "GFLOP/s" not in line]
   # GFLOP/s of a tiny matmul may print as 0; the XLA / torch ratio comes from the unrounded times.
   assert len(rows) == 6 and all(float(row[4].strip().rstrip("x")) > 0 for row in rows), out.stdout
+
+
+def test_tpu_vm_script_sets_the_callers_flan_jax_variables_on_every_worker():
+  """The Flan collection, the vocabulary and the held-out data are found on the workers from these variables."""
+  env = {"FLAN_JAX_FLAN_COLLECTION": "gs://bucket/flan", "FLAN_JAX_VOCAB": "/data/spiece.model"}
+  out = _run("bash", "scripts/tpu_vm.sh", "my-tpu", "us-central2-b", "https://example.invalid/flan-jax.git", "--",
+             "train", "--gin_file=runs/flan_t5_xl.gin", env=env)
+  assert out.returncode == 0, out.stderr
+  job = out.stdout.splitlines()[1]
+  assert "FLAN_JAX_FLAN_COLLECTION=gs://bucket/flan " in job and "FLAN_JAX_VOCAB=/data/spiece.model " in job
+  assert job.count("FLAN_JAX_DISTRIBUTED=") == 1

@@ -2,7 +2,9 @@
 
 With KILL_DURING_SAVE_STEP=N the process SIGKILLs itself while checkpoint N is being written: after its
 files are in orbax's temporary directory, before the rename that commits it. With FAIL_AT_STEP=N an exception
-is raised in the training loop after step N (a crash that is not bad input).
+is raised in the training loop after step N (a crash that is not bad input). With SIGNAL_AT_STEP=N:TERM (or
+N:KILL) the process sends itself that signal once step N is logged; after a SIGTERM it goes on 2 s later, by when
+JAX's preemption service has fixed the step to save from where every process is.
 """
 
 import os
@@ -32,6 +34,23 @@ if os.environ.get("FAIL_AT_STEP"):
     return _update(self, done, *args, **kwargs)
 
   logs.Progress.update = update
+
+if os.environ.get("SIGNAL_AT_STEP"):
+  import time
+
+  from flan_jax import logs
+
+  _update_before_signal = logs.Progress.update
+  _at, _name = os.environ["SIGNAL_AT_STEP"].split(":")
+
+  def update_then_signal(self, done, *args, **kwargs):
+    logged = _update_before_signal(self, done, *args, **kwargs)
+    if done == int(_at):
+      os.kill(os.getpid(), getattr(signal, "SIG" + _name))
+      time.sleep(2)
+    return logged
+
+  logs.Progress.update = update_then_signal
 
 from flan_jax import cli  # noqa: E402
 
