@@ -19,7 +19,7 @@ from flan_jax.errors import UserError
 from flan_jax.models import T5Config
 from flan_jax.vocab import byte_vocabulary, sentencepiece_vocabulary
 
-EOS_ID = 1
+EOS_ID = decoding.EOS_ID
 
 
 @dataclasses.dataclass

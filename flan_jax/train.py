@@ -28,7 +28,7 @@ from flan_jax import checkpoints, evaluation, inference, logs, partitioning, pre
 from flan_jax.data import pipeline, registration
 from flan_jax.errors import UserError
 from flan_jax.models import T5Config
-from flan_jax.models.config import LORA_FIELDS
+from flan_jax.models.config import LORA_FIELDS, RUNTIME_ONLY_FIELDS
 from flan_jax.optim import adafactor
 from flan_jax.vocab import check_fits, fingerprint
 
@@ -38,7 +38,7 @@ class TrainingDiverged(UserError):
 
 
 # Set by gin even over a checkpoint's config: dropout, dtype and remat; and LoRA, which trains on a base.
-RUNTIME_FIELDS = ("dropout_rate", "dtype", "remat") + LORA_FIELDS
+RUNTIME_FIELDS = RUNTIME_ONLY_FIELDS + LORA_FIELDS
 ARCHITECTURE_FIELDS = [f.name for f in dataclasses.fields(T5Config) if f.name not in RUNTIME_FIELDS]
 
 

@@ -13,6 +13,8 @@ from flan_jax.errors import UserError
 ACTIVATIONS = ("gelu", "relu", "silu", "linear")
 # peft's names for T5's projections (attention q/k/v/o in all three attentions, MLP wi / wi_0 / wi_1 / wo).
 LORA_TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
+# Fields that change neither parameter shapes nor their meaning: a checkpoint takes them from the run.
+RUNTIME_ONLY_FIELDS = ("dropout_rate", "dtype", "remat")
 LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "lora_use_rslora")
 
 
@@ -93,6 +95,5 @@ class T5Config:
 
   def architecture_diff(self, other: "T5Config") -> list[str]:
     """Fields that change parameter shapes or meaning (dropout, dtype and remat do not)."""
-    runtime_only = {"dropout_rate", "dtype", "remat"}
     a, b = self.to_dict(), other.to_dict()
-    return [f"{k}: {a[k]} != {b[k]}" for k in sorted(a) if k not in runtime_only and a[k] != b[k]]
+    return [f"{k}: {a[k]} != {b[k]}" for k in sorted(a) if k not in RUNTIME_ONLY_FIELDS and a[k] != b[k]]
