@@ -27,17 +27,18 @@ def run(model: inference.Model, settings: inference.Settings, max_examples=None,
     from flan_jax_tasks.tydiqa import register_tydiqa
     register_tydiqa(tydiqa, model.vocabulary)
   results = {"suite": "flan", "tasks": {}, "benchmarks": {}}
+  chances_of = {}  # benchmark -> [(score, chance)] of its tasks
   for i, benchmark in enumerate(benchmarks, start=1):
     log_fn(f"suite {i}/{len(benchmarks)}: {LABELS[benchmark]} ({MIXTURES[benchmark]})")
     out = evaluation.evaluate(model, [MIXTURES[benchmark]], settings, None, max_examples, log_fn=log_fn)
     results["tasks"].update(out["tasks"])
     scores = {task: 100.0 * r["accuracy"] for task, r in out["tasks"].items()}
-    chances = [(scores[task], out["tasks"][task]["chance"]) for task in scores]
+    chances = chances_of[benchmark] = [(scores[task], out["tasks"][task]["chance"]) for task in scores]
     results["benchmarks"][benchmark] = {"mixture": MIXTURES[benchmark], "score": float(np.mean(list(scores.values()))),
                                         "normalized": paper_results.normalized_score(chances), "tasks": scores}
   for benchmark in paper_results.BENCHMARKS:
     results[benchmark] = results["benchmarks"][benchmark]["score"] if benchmark in benchmarks else None
-  results["normalized_average"] = float(np.mean([results["benchmarks"][b]["normalized"] for b in benchmarks]))
+  results["normalized_average"] = float(paper_results.normalized_average(chances_of))
   results["normalized_average_of"] = benchmarks
   size = paper_results.size_of(model.config)
   results["paper"] = dict(paper_results.FLAN_T5[size]) if size else None
