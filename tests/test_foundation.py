@@ -149,3 +149,13 @@ def test_progress_eta_leaves_out_compilation_and_eval(monkeypatch):
       progress.exclude(30.0)
     progress.update(done, {"loss": 1.0})
   assert lines[-1] == "step 30/101  loss 1.0000  0.200 s/step  ETA 0m14s", lines[-1]
+
+
+def test_learning_rate_cooldown_falls_linearly_to_zero_at_the_last_step():
+  from flan_jax.optim import adafactor, learning_rate_schedule
+  schedule = learning_rate_schedule(1e-2, warmup_steps=10, cooldown_steps=20, total_steps=100)
+  rates = [float(schedule(step)) for step in (0, 5, 10, 79, 80, 90, 100)]
+  assert rates == pytest.approx([0.0, 5e-3, 1e-2, 1e-2, 1e-2, 5e-3, 0.0])
+  assert float(learning_rate_schedule(5e-4)(10 ** 6)) == pytest.approx(5e-4)  # Flan's constant rate by default
+  with pytest.raises(UserError, match="needs adafactor.total_steps"):
+    adafactor(cooldown_steps=20)
