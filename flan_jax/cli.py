@@ -5,16 +5,15 @@ preempted `train` (SIGTERM) exits 75 once its step is saved (flan_jax/preemption
 """
 
 import argparse
+import logging
 import os
 import sys
 import traceback
 from typing import NoReturn
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-from flan_jax import hugepages  # noqa: E402
-from flan_jax.errors import UserError  # noqa: E402
-from flan_jax.preemption import EXIT_CODE as PREEMPTED, Preempted  # noqa: E402
+from flan_jax import hugepages
+from flan_jax.errors import UserError
+from flan_jax.preemption import EXIT_CODE as PREEMPTED, Preempted
 
 
 def _import_hf(args):
@@ -372,11 +371,20 @@ def main(argv=None) -> int:
   return 0
 
 
+def set_up_process() -> None:
+  """What the command, not the library, decides for its process: TensorFlow's C++ start-up lines hidden (it
+  reads this when first imported, which commands do lazily), and seqio's advice to cache the in-memory
+  datasets of registered tasks (they shuffle well uncached) filtered out."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  logging.getLogger("absl").addFilter(lambda record: "uncached FunctionDataset" not in record.getMessage())
+
+
 def run(argv=None) -> NoReturn:
   """The `flan-jax` command: main(), then exit. A failed command ends the process at once, whatever threads
   (checkpoint saves, TensorBoard writers, tf.data prefetching) are still running: a hung process would hold
   a TPU slice. A successful one exits normally, so jax.distributed shuts down cleanly."""
   hugepages.reexec_with_hugepages()
+  set_up_process()
   # Progress lines reach a log file or pipe as they are printed: a run killed by a preemption keeps its last lines.
   sys.stdout.reconfigure(line_buffering=True)
   try:

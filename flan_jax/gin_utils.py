@@ -16,13 +16,11 @@ from flan_jax.errors import UserError
 # The repository's gin/ folder is always searched, so `--gin_file=models/small.gin` works from anywhere.
 REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 
-# gin also looks an include such as 'runs/finetune.gin' up as a resource of an importable package `runs`; any
-# directory of that name in the working directory (the demo's own output, runs/demo) is such a package, and the
-# lookup crashes. Only plain files are config files here.
-gin.config._FILE_READERS[:] = [(open, os.path.isfile)]  # noqa: SLF001  (gin-config 0.5.0, pinned)
 
-# gin logs an ERROR for every search-path miss on its way to the file it then finds.
-logging.getLogger().addFilter(lambda record: not record.getMessage().startswith("Path not found:"))
+
+def _not_a_search_miss(record) -> bool:
+  """gin logs an ERROR for every search-path miss on its way to the file it then finds."""
+  return not record.getMessage().startswith("Path not found:")
 
 
 def split_gin_bindings(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -52,6 +50,12 @@ def parse(gin_files: list[str], bindings: list[str], search_paths: list[str] = (
   `finalize` checks that every %gin.REQUIRED value was given (jobs that do not run train leave it off)."""
   search_paths = [p for p in search_paths if p] + [REPO_GIN_DIR]
   gin.config._LOCATION_PREFIXES[:] = [""] + search_paths  # noqa: SLF001  (includes: the same paths, no duplicates)
+  # gin also looks an include such as 'runs/finetune.gin' up as a resource of an importable package `runs`; any
+  # directory of that name in the working directory (the demo's own output, runs/demo) is such a package, and the
+  # lookup crashes. Only plain files are config files here.
+  gin.config._FILE_READERS[:] = [(open, os.path.isfile)]  # noqa: SLF001  (gin-config 0.5.0, pinned)
+  if _not_a_search_miss not in logging.getLogger().filters:
+    logging.getLogger().addFilter(_not_a_search_miss)
   gin.clear_config()
   for path in gin_files:
     found = _find(path, search_paths)

@@ -8,13 +8,6 @@ step by the held-out metric), TensorBoard event files, `train_log.jsonl` and `lo
 same command resumes from the last complete checkpoint and continues the same data stream.
 """
 
-if __name__ == "__main__":
-  # `python -m flan_jax.train ...` is `flan-jax train ...`. Hand over before this copy of the module (named
-  # __main__) registers a second gin configurable `train` beside the package's flan_jax.train.train.
-  import sys
-  from flan_jax.__main__ import run
-  run(["train"] + sys.argv[1:])
-
 import dataclasses
 import math
 import os

@@ -134,10 +134,10 @@ def _wait_for(path, proc, timeout=300):
 
 
 def test_sigkill_mid_training_resumes_from_last_complete_checkpoint(tmp_path):
-  """The killed run is `python -m flan_jax.train`, which must train too (its module, run as __main__, must not
-  register gin configurables twice), and its progress lines, printed into a pipe, must outlive the kill."""
+  """The killed run's progress lines, printed into a pipe, must outlive the kill (it runs as `python -m flan_jax`,
+  the entry point without the console script)."""
   model_dir = str(tmp_path / "run")
-  cmd = [sys.executable, "-m", "flan_jax.train"] + _bindings(model_dir, 500, "--gin.train.checkpoint_period=2")
+  cmd = [sys.executable, "-m", "flan_jax", "train"] + _bindings(model_dir, 500, "--gin.train.checkpoint_period=2")
   env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as a user's shell would have it
   # TMPDIR: a save the kill interrupts leaves its staging folder in tmp_path, not in /tmp.
   proc = subprocess.Popen(cmd, env={**env, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(tmp_path)},
@@ -239,7 +239,7 @@ def test_a_task_module_with_its_own_gin_configurable(tmp_path, monkeypatch):
 
 
 def test_python_dash_m_entry_point(tmp_path):
-  """`python -m flan_jax COMMAND` reaches the same command line (`python -m flan_jax.train`: the SIGKILL test)."""
+  """`python -m flan_jax COMMAND` reaches the same command line (it also trains: the SIGKILL test)."""
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
   result = subprocess.run([sys.executable, "-m", "flan_jax", "train", "--help"], capture_output=True, text=True,
                           timeout=300, cwd=tmp_path, env=env)

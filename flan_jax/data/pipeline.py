@@ -8,14 +8,22 @@ from flan_jax.data.preprocessors import unwrap_error
 from flan_jax.data.registration import get_provider
 from flan_jax.errors import UserError
 
-# TF only feeds data: keep it off any accelerator JAX uses.
-tf.config.set_visible_devices([], "GPU")
+
+
+def keep_tensorflow_off_accelerators() -> None:
+  """TF only feeds data: keep it off any GPU JAX uses (before TF first touches a device, hence once, early)."""
+  try:
+    if tf.config.get_visible_devices("GPU"):
+      tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # the caller's TF already runs on its devices: its choice
+    pass
 
 
 def get_dataset(name: str, split: str, feature_lengths: dict, seed: int | None = 0, shuffle: bool = True,
                 num_epochs: int | None = None, pack: bool = True, shard_info: seqio.ShardInfo | None = None,
                 batch_size: int | None = None) -> tf.data.Dataset:
   """Model features for `name`; with batch_size, batched (remainder dropped, as training needs)."""
+  keep_tensorflow_off_accelerators()
   provider = get_provider(name)
   if split not in provider.splits:
     raise UserError(f"{name} has no split {split!r}; it has {sorted(provider.splits)}")

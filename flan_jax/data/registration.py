@@ -5,7 +5,6 @@ import csv
 import difflib
 import functools
 import json
-import logging
 import os
 
 import gin
@@ -18,8 +17,6 @@ from flan_jax.errors import UserError
 
 POOL_SIZE = 64  # candidate few-shot exemplars kept per task
 
-# In-memory records need no caching to shuffle well; seqio's advice to cache them is noise here.
-logging.getLogger("absl").addFilter(lambda record: "uncached FunctionDataset" not in record.getMessage())
 
 
 def output_features(vocabulary: seqio.Vocabulary) -> dict:
