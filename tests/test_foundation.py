@@ -157,5 +157,8 @@ def test_learning_rate_cooldown_falls_linearly_to_zero_at_the_last_step():
   rates = [float(schedule(step)) for step in (0, 5, 10, 79, 80, 90, 100)]
   assert rates == pytest.approx([0.0, 5e-3, 1e-2, 1e-2, 1e-2, 5e-3, 0.0])
   assert float(learning_rate_schedule(5e-4)(10 ** 6)) == pytest.approx(5e-4)  # Flan's constant rate by default
-  with pytest.raises(UserError, match="needs adafactor.total_steps"):
-    adafactor(cooldown_steps=20)
+  with pytest.raises(UserError, match="needs to be in"):
+    adafactor(cooldown_fraction=0.25)
+  with pytest.raises(UserError, match="do not fit in 10 steps"):
+    adafactor(warmup_steps=8, cooldown_fraction=0.5, total_steps=10)
+  adafactor(cooldown_fraction=0.25, total_steps=2)  # a short test run of the demo: no cooldown step at all
