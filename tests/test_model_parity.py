@@ -163,3 +163,49 @@ def test_attention_custom_gradient_equals_autodiff(bias_shape, keep_shape):
   for a, b in zip(g_ours, g_ref):
     assert a.shape == b.shape and np.allclose(a, b, atol=1e-5)
     assert a.ndim == 0 or np.abs(a).max() > 1e-3  # a real gradient (a scalar bias has none: softmax shifts)
+
+
+def test_fused_attention_path_equals_ours_and_is_chosen_only_where_cudnn_applies(monkeypatch):
+  """On a GPU with bf16 activations attention runs through jax.nn.dot_product_attention (cuDNN); here its XLA
+  implementation stands in for cuDNN, so what is checked is our side: layouts, no logit scaling, the bias and
+  the packing mask, values and gradients of a whole packed model, and when the fused path is chosen."""
+  import dataclasses
+  import functools
+
+  import flax.linen as nn
+
+  from flan_jax.models import T5Config, t5
+  config = T5Config(vocab_size=64, d_model=16, d_ff=32, num_heads=2, d_kv=8, num_encoder_layers=2,
+                    num_decoder_layers=2, dtype="bfloat16")
+  # the choice
+  assert not t5.use_cudnn(config, dropout=False, decode=None)  # this CPU
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert t5.use_cudnn(config, dropout=False, decode=None) and t5.use_cudnn(config, dropout=False, decode="init")
+  assert not t5.use_cudnn(config, dropout=True, decode=None)  # no dropout in the fused API
+  assert not t5.use_cudnn(config, dropout=False, decode="step")
+  assert not t5.use_cudnn(dataclasses.replace(config, dtype="float32"), dropout=False, decode=None)
+  assert not t5.use_cudnn(dataclasses.replace(config, attention="xla"), dropout=False, decode=None)
+  # the same model through both paths, packed rows with padding
+  rng = np.random.default_rng(0)
+  enc = jnp.asarray(rng.integers(2, 64, (2, 10)), jnp.int32).at[1, 8:].set(0)
+  dec = jnp.asarray(rng.integers(2, 64, (2, 6)), jnp.int32).at[1, 5:].set(0)
+  enc_seg = jnp.asarray([[1] * 4 + [2] * 6, [1] * 8 + [0] * 2], jnp.int32)
+  dec_seg = jnp.asarray([[1] * 3 + [2] * 3, [1] * 5 + [0]], jnp.int32)
+  dec_in = jnp.where(jnp.arange(6) % 3 == 0, 0, jnp.roll(dec, 1, axis=1))
+
+  def loss(params, model_config):
+    logits = T5(model_config).apply({"params": params}, enc, dec_in, dec, encoder_segment_ids=enc_seg,
+                                    decoder_segment_ids=dec_seg)
+    return jnp.sum(cross_entropy(logits.astype(jnp.float32), dec, (dec > 0).astype(jnp.float32))[0]), logits
+
+  monkeypatch.setattr(t5, "fused_attend", functools.partial(t5.fused_attend, implementation="xla"))
+  params = nn.unbox(T5(config).init(jax.random.key(0), enc, dec_in, dec)["params"])
+  (l_fused, logits_fused), g_fused = jax.value_and_grad(loss, has_aux=True)(params, config)
+  xla = dataclasses.replace(config, attention="xla")
+  (l_xla, logits_xla), g_xla = jax.value_and_grad(loss, has_aux=True)(params, xla)
+  assert np.allclose(np.float32(logits_fused), np.float32(logits_xla), atol=0.05)  # bf16 activations
+  assert abs(float(l_fused) - float(l_xla)) <= 0.02 * abs(float(l_xla))
+  for a, b in zip(jax.tree.leaves(g_fused), jax.tree.leaves(g_xla)):
+    assert np.allclose(np.float32(a), np.float32(b), atol=0.05 * float(np.abs(b).max()) + 1e-6)
+  relpos = g_fused["encoder"]["relpos_bias"]["rel_embedding"]
+  assert np.abs(relpos).max() > 1e-4  # the position bias gets its gradient through the fused path

@@ -14,7 +14,7 @@ ACTIVATIONS = ("gelu", "relu", "silu", "linear")
 # peft's names for T5's projections (attention q/k/v/o in all three attentions, MLP wi / wi_0 / wi_1 / wo).
 LORA_TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
 # Fields that change neither parameter shapes nor their meaning: a checkpoint takes them from the run.
-RUNTIME_ONLY_FIELDS = ("dropout_rate", "dtype", "remat")
+RUNTIME_ONLY_FIELDS = ("dropout_rate", "dtype", "remat", "attention")
 LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "lora_use_rslora")
 
 
@@ -44,6 +44,9 @@ class T5Config:
   dtype: str = "float32"
   # Rematerialise each layer in the backward pass to save activation memory.
   remat: bool = False
+  # "auto": cuDNN's fused attention where it applies (a GPU, bf16, no attention dropout; models/t5.py), XLA's
+  # elsewhere; "xla": XLA's everywhere.
+  attention: str = "auto"
   # LoRA adapters as peft builds them (None: off): rank, alpha (scale alpha / rank, or alpha / sqrt(rank) with
   # rslora), dropout on the adapter's input, and the targets by peft's T5 module names.
   lora_rank: int | None = None
@@ -66,6 +69,8 @@ class T5Config:
     for act in self.mlp_activations:
       if act not in ACTIVATIONS:
         raise UserError(f"unknown MLP activation {act!r}; expected one of {ACTIVATIONS}")
+    if self.attention not in ("auto", "xla"):
+      raise UserError(f"T5Config.attention must be 'auto' or 'xla', not {self.attention!r}")
     if self.dtype not in ("float32", "bfloat16"):
       raise UserError(f"dtype must be 'float32' or 'bfloat16', not {self.dtype!r}")
     if not 0.0 <= self.dropout_rate < 1.0:

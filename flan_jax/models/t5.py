@@ -231,9 +231,9 @@ def _attend_bwd(residuals, d_out):
 
 def _sum_to_shape(x, shape):
   """x summed over the axes `shape` broadcasts (a scalar: all). On CPU the batch axis is contracted with a vector
-  of ones: XLA's CPU backend runs that dot about twice as fast as its reduction over a leading axis of
-  [batch, heads, q, k]. Elsewhere a plain sum: on TPU the dot needs a relaid-out copy of the float32
-  [batch, heads, q, k] gradient (base on v4-8 at 2048/512: 28.6 vs 12.1 GiB per chip)."""
+  of ones: XLA's CPU backend runs that dot faster than its reduction over a leading axis of [batch, heads, q, k].
+  Elsewhere a plain sum: on TPU the dot needs a relaid-out copy of the float32 [batch, heads, q, k] gradient,
+  which more than doubles the per-chip memory of the base model at 2048/512 (`flan-jax plan` shows it)."""
   if not shape:
     return jnp.sum(x)
   if shape[0] == 1 and x.shape[0] > 1:
@@ -245,6 +245,23 @@ def _sum_to_shape(x, shape):
 
 
 attend.defvjp(_attend_fwd, _attend_bwd)
+
+
+def use_cudnn(config: T5Config, dropout: bool, decode: str | None) -> bool:
+  """Whether attention runs as cuDNN's fused kernel: on a GPU with bf16 activations (cuDNN's flash attention has
+  no float32), without attention dropout (jax.nn.dot_product_attention takes no dropout mask), over whole
+  sequences (a decoding step's single query gains nothing), at head sizes cuDNN takes."""
+  return (config.attention == "auto" and jax.default_backend() == "gpu" and config.dtype == "bfloat16"
+          and not dropout and decode != "step" and config.d_kv % 8 == 0 and config.d_kv <= 128)
+
+
+def fused_attend(q, k, v, mask, position_bias, implementation="cudnn"):
+  """attend() through jax.nn.dot_product_attention ([batch, length, heads, kv] in and out). T5 does not scale
+  the logits; the relative-position bias keeps its [1, heads, q, k] shape, the one whose gradient cuDNN
+  computes, in the activation dtype (a float32 bias gave NaN gradients: jax #32242); the padding and packing
+  mask goes as a boolean mask of its own. `implementation="xla"` is the CPU test's reference path."""
+  bias = None if jnp.ndim(position_bias) == 0 else position_bias.astype(q.dtype)
+  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask == 0, scale=1.0, implementation=implementation)
 
 
 class Attention(nn.Module):
@@ -284,7 +301,11 @@ class Attention(nn.Module):
     if c.dropout_rate > 0 and not self.deterministic:  # one mask for all queries of a head, as t5x
       keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - c.dropout_rate,
                                   q.shape[:2] + (1,) + k.shape[2:3]).astype(c.dtype) / (1.0 - c.dropout_rate)
-    out = attend(q, k, v, mask, position_bias, keep).transpose(0, 2, 1, 3).reshape(inputs_q.shape[:2] + (inner,))
+    if use_cudnn(c, dropout=c.dropout_rate > 0 and not self.deterministic, decode=decode):
+      out = fused_attend(*(x.transpose(0, 2, 1, 3) for x in (q, k, v)), mask, position_bias)
+    else:
+      out = attend(q, k, v, mask, position_bias, keep).transpose(0, 2, 1, 3)
+    out = out.reshape(inputs_q.shape[:2] + (inner,))
     out = constrain(out, ("batch", "length", "joined_kv"))
     return Dense(c.d_model, ("joined_kv", "embed"), inner ** -0.5, dtype=c.dtype, lora=c,
                  deterministic=self.deterministic, name="out")(out)
