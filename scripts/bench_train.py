@@ -1,6 +1,6 @@
 """Train-step benchmark: flan-jax against transformers' PyTorch T5 with HF's Adafactor, measured in one run.
 
-    .venv/bin/python scripts/bench_train.py [--shapes 128/32 512/128] [--batch 8] [--steps 5] [--bf16]
+    .venv/bin/python scripts/bench_train.py [--shapes 128/32 512/128] [--batch 8] [--steps 5] [--bf16] [--size small]
 
 Same model (the Flan-T5-small shape, random weights), batch, lengths and optimizer settings (Adafactor, constant
 learning rate 5e-4, factored second moments, update clipping 1.0, parameter scaling), float32; with --bf16,
@@ -28,6 +28,8 @@ SMALL = dict(model_type="t5", vocab_size=32128, d_model=512, d_ff=1024, num_head
              num_decoder_layers=8, feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
              decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
 TINY = dict(d_model=64, d_ff=128, num_heads=2, d_kv=32, num_layers=2, num_decoder_layers=2)  # --tiny: the test
+SIZES = {"small": {}, "base": dict(d_model=768, d_ff=2048, num_heads=12, num_layers=12, num_decoder_layers=12),
+         "large": dict(d_model=1024, d_ff=2816, num_heads=16, num_layers=24, num_decoder_layers=24)}  # gin/models
 
 
 def batch(batch_size, inputs, targets, seed=0):
@@ -72,6 +74,11 @@ def matmul_peak(framework):
   return 2 * n ** 3 / min(times)
 
 
+def jax_on_gpu() -> bool:
+  import jax
+  return jax.default_backend() == "gpu"
+
+
 def run_jax(shape, batch_size, steps, bf16):
   import dataclasses
 
@@ -103,8 +110,13 @@ def run_jax(shape, batch_size, steps, bf16):
     state, metrics = step(state, features, key)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
-  return {"seconds": float(np.median(times)), "compile": compile_s, "loss": float(metrics["loss"]),
-          "peak": matmul_peak("jax")}
+  result = {"seconds": float(np.median(times)), "compile": compile_s, "loss": float(metrics["loss"])}
+  stats = jax.devices()[0].memory_stats() if jax_on_gpu() else None
+  if stats:
+    result["device_peak_mb"] = stats["peak_bytes_in_use"] / 2 ** 20
+  else:
+    result["peak"] = matmul_peak("jax")
+  return result
 
 
 def run_torch(shape, batch_size, steps, bf16):
@@ -112,20 +124,24 @@ def run_torch(shape, batch_size, steps, bf16):
   import transformers
   from transformers.optimization import Adafactor
 
+  device = "cuda" if torch.cuda.is_available() else "cpu"
   torch.manual_seed(0)
-  model = transformers.T5ForConditionalGeneration(transformers.T5Config(**SMALL))
+  # SDPA attention (T5's position bias goes in as its mask), as transformers picks it by default where it can.
+  model = transformers.AutoModelForSeq2SeqLM.from_config(transformers.T5Config(**SMALL), attn_implementation="sdpa")
   model.lm_head.weight = torch.nn.Parameter(torch.randn(SMALL["vocab_size"], SMALL["d_model"]) * 0.05)
-  model.train()
+  model.to(device).train()
   opt = Adafactor(model.parameters(), lr=5e-4, relative_step=False, scale_parameter=True, warmup_init=False,
                   clip_threshold=1.0, decay_rate=-0.8, beta1=None)
-  enc, dec_in, tgt = (torch.as_tensor(x) for x in batch(batch_size, *shape))
+  enc, dec_in, tgt = (torch.as_tensor(x, device=device) for x in batch(batch_size, *shape))
+  sync = torch.cuda.synchronize if device == "cuda" else lambda: None
 
   def one():
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
       loss = model(input_ids=enc, decoder_input_ids=dec_in, labels=tgt).loss
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
+    sync()
     return loss
 
   start = time.perf_counter()
@@ -136,8 +152,12 @@ def run_torch(shape, batch_size, steps, bf16):
     start = time.perf_counter()
     loss = one()
     times.append(time.perf_counter() - start)
-  return {"seconds": float(np.median(times)), "compile": first, "loss": float(loss), "peak": matmul_peak("torch"),
-          "threads": torch.get_num_threads()}
+  result = {"seconds": float(np.median(times)), "compile": first, "loss": float(loss), "threads": torch.get_num_threads()}
+  if device == "cuda":
+    result["device_peak_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+  else:
+    result["peak"] = matmul_peak("torch")
+  return result
 
 
 def child(framework, shape, batch_size, steps, bf16):
@@ -155,13 +175,17 @@ def main():
   parser.add_argument("--bf16", action="store_true", help="bfloat16 activations on both sides")
   parser.add_argument("--child", nargs=2, metavar=("FRAMEWORK", "SHAPE"), help=argparse.SUPPRESS)
   parser.add_argument("--tiny", action="store_true", help="a tiny model: checks that the script runs")
+  parser.add_argument("--size", choices=sorted(SIZES), default="small", help="the Flan-T5 shape (default small)")
   args = parser.parse_args()
+  SMALL.update(SIZES[args.size])
   if args.tiny:
     SMALL.update(TINY)
   if args.child:
     return child(args.child[0], args.child[1], args.batch, args.steps, args.bf16)
+  if jax_on_gpu():
+    raise SystemExit("on a GPU: scripts/gpu_check.sh (this table's RSS and CPU matmul peak are the CPU's)")
   dtype = "bfloat16 activations, float32 parameters" if args.bf16 else "float32"
-  print(f"Flan-T5-small shape, batch {args.batch}, {dtype}, median of {args.steps} steps after a warm-up step; "
+  print(f"Flan-T5-{args.size} shape, batch {args.batch}, {dtype}, median of {args.steps} steps after a warm-up step; "
         f"{os.cpu_count()} CPU cores")
   print("| inputs/targets | framework | s/step | first step (compile) | tokens/s | MFU | peak RSS MB | loss |")
   # MFU's denominator: printed below each shape.

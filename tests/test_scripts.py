@@ -98,3 +98,25 @@ def test_tpu_vm_script_sets_the_callers_flan_jax_variables_on_every_worker():
   job = out.stdout.splitlines()[1]
   assert "FLAN_JAX_FLAN_COLLECTION=gs://bucket/flan " in job and "FLAN_JAX_VOCAB=/data/spiece.model " in job
   assert job.count("FLAN_JAX_DISTRIBUTED=") == 1
+
+
+def test_gpu_check_runs_on_a_tiny_model_without_the_data_stack(tmp_path):
+  """scripts/gpu_check.sh, as on the GPU machine, which has no TensorFlow, seqio or TFDS (blocked here by a
+  sitecustomize its subprocesses inherit): parity, the train step against transformers, decoding."""
+  # None in sys.modules: `import` fails and importlib.util.find_spec answers "not installed", as for a package
+  # that is absent (transformers asks find_spec before it imports TensorFlow).
+  (tmp_path / "sitecustomize.py").write_text(
+      "import sys\n"
+      "sys.modules.update(dict.fromkeys(['tensorflow', 'seqio', 'tensorflow_datasets', 'tf_keras']))\n")
+  out = _run("bash", "scripts/gpu_check.sh", "--tiny",
+             env={"PYTHON": sys.executable, "OUT": str(tmp_path), "PYTHONPATH": str(tmp_path)})
+  assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+  table = (tmp_path / "gpu_check.md").read_text()
+  difference = float(re.search(r"max abs difference ([0-9.e+-]+) \| ok", table).group(1))
+  assert difference <= 1e-4 and "| greedy tokens, 8 rows x 16 | 8/8 rows identical | ok |" in table
+  train = [row.split("|") for row in table.splitlines() if row.startswith("| small | 32/8 x 2 |")]
+  assert [row[3].strip() for row in train] == ["flan-jax", "transformers (SDPA, HF Adafactor)",
+                                               "ratio transformers / flan-jax"], table
+  assert all(float(row[4]) > 0 for row in train[:2]), table  # both stepped: no "failed" row
+  assert re.search(r"\| greedy \| [0-9.]+ \| [0-9.]+ \| \*\*[0-9.]+x\*\* \| 2/2 \|", table), table
+  assert re.search(r"\| beam search, 2 beams \| .* \| 2/2 \|", table), table
