@@ -121,6 +121,18 @@ def test_import_refuses_existing_checkpoint_dir(tmp_path, capsys):
   assert (out / "keep.txt").read_text() == "precious"
 
 
+def test_gin_search_paths_find_files_and_their_includes(tmp_path, capsys):
+  """--gin_search_paths (t5x's flag): a file and what it includes are found there, the repository's gin/ after."""
+  (tmp_path / "my_run.gin").write_text("include 'models/tiny.gin'\ninclude 'my_size.gin'\n")
+  (tmp_path / "my_size.gin").write_text("T5Config.d_model = 32\n")
+  assert cli.main(["model-info", f"--gin_search_paths={tmp_path}", "--gin_file=my_run.gin", "--batch=1",
+                   "--length=8"]) == 0
+  assert "parameters: 2," in capsys.readouterr().out  # tiny.gin's model at d_model 32: about half its 4.3M
+  assert T5Config().d_model == 32 and T5Config().num_heads == 4
+  assert cli.main(["model-info", "--gin_file=my_run.gin", "--batch=1", "--length=8"]) == 2  # not searched there
+  assert "gin file not found: my_run.gin" in capsys.readouterr().err
+
+
 def test_model_info_cli(capsys):
   assert cli.main(["model-info", "--gin_file=models/tiny.gin", "--batch=1", "--length=8"]) == 0
   out = capsys.readouterr().out

@@ -96,7 +96,7 @@ def test_beam_search_against_hf_beam_search(eos_prone):
   assert np.allclose(np.asarray(our_scores)[same], out.sequences_scores.numpy()[same], atol=1e-4)
 
 
-def test_sampling_is_seeded_and_respects_top_k(eos_prone):
+def test_sampling_is_seeded_and_respects_top_k_and_top_p(eos_prone):
   _, config, params = eos_prone
   enc = jnp.asarray(_inputs(n=4), jnp.int32)
   a, _ = decoding.sample(params, enc, jax.random.key(1), config=config, max_length=8, temperature=1.0, top_k=1)
@@ -106,6 +106,10 @@ def test_sampling_is_seeded_and_respects_top_k(eos_prone):
   c, _ = decoding.sample(params, enc, jax.random.key(1), config=config, max_length=8, temperature=1.0)
   d, _ = decoding.sample(params, enc, jax.random.key(3), config=config, max_length=8, temperature=1.0)
   assert np.array_equal(np.asarray(b), np.asarray(c)) and not np.array_equal(np.asarray(b), np.asarray(d))
+  # top-p: a nucleus smaller than the most likely token's probability keeps that token alone, i.e. greedy
+  e, _ = decoding.sample(params, enc, jax.random.key(1), config=config, max_length=8, temperature=1.0, top_p=1e-6)
+  f, _ = decoding.sample(params, enc, jax.random.key(1), config=config, max_length=8, temperature=1.0, top_p=0.999)
+  assert np.array_equal(np.asarray(e), np.asarray(greedy)) and not np.array_equal(np.asarray(f), np.asarray(greedy))
 
 
 def test_score_equals_hf_log_likelihood(eos_prone):
@@ -166,6 +170,8 @@ def test_import_export_roundtrip_and_trained_export_loads_in_hf(kind, tmp_path, 
   assert written["tie_word_embeddings"] is (kind == "v1_0")
   assert written["feed_forward_proj"] == ("gated-gelu" if kind == "t5_1_1" else "relu")
   assert written["decoder_start_token_id"] == 0
+  generation = transformers.GenerationConfig.from_pretrained(out)  # README: export-hf writes it
+  assert (generation.decoder_start_token_id, generation.eos_token_id, generation.pad_token_id) == (0, 1, 0)
   trained = inference.load(os.path.join(model_dir, "checkpoints"))
   before = inference.load(imported)
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(trained.params), jax.tree.leaves(before.params)))
@@ -248,6 +254,12 @@ def test_infer_predict_and_score_jsonl(tiny_t5, tmp_path, capsys):
     generated = hf_model.generate(input_ids=torch.as_tensor(enc), attention_mask=torch.as_tensor((enc > 0) * 1),
                                   do_sample=False, max_new_tokens=8).numpy()[:, 1:]
   assert [r["prediction"] for r in rows] == [inference.decode_tokens(vocabulary, g) for g in generated]
+  # the sampling flags reach the decoder: top-k 1 at temperature 1 is greedy again, a seed's samples repeat
+  sampled = [tmp_path / f"sampled{i}.jsonl" for i in range(3)]
+  for path, flags in zip(sampled, (["--top_k", "1"], ["--top_p", "0.9", "--seed", "3"], ["--top_p", "0.9", "--seed", "3"])):
+    assert cli.main(["infer", "--checkpoint", ckpt, "--input", str(src), "--output", str(path), "--max_decode_length",
+                     "8", "--batch_size", "2", "--temperature", "1.0"] + flags) == 0
+  assert sampled[0].read_text() == out.read_text() and sampled[1].read_text() == sampled[2].read_text()
   scored = tmp_path / "score.jsonl"
   assert cli.main(["infer", "--checkpoint", ckpt, "--input", str(src), "--output", str(scored),
                    "--mode", "score", "--max_decode_length", "8", "--batch_size", "2"]) == 0
@@ -283,6 +295,9 @@ def test_eval_mmlu_and_bbh_end_to_end(tiny_t5, tmp_path, capsys):
     assert mmlu["accuracy"] == np.mean([p == t for p, (_, t) in zip(mmlu["predictions"], rows)])
   groups = results["groups"]["mmlu"]
   assert groups == pytest.approx(np.mean([r["accuracy"] for t, r in results["tasks"].items() if t.startswith("mmlu_")]))
+  # a task tokenized with another vocabulary (the demo's bytes) is refused, not decoded into nonsense
+  assert cli.main(["eval", "--checkpoint", ckpt, "--tasks", "demo_held_in", "--max_examples", "1"]) == 2
+  assert "flan-jax: error: vocab mismatch: task demo_held_in uses ByteVocabulary" in capsys.readouterr().err
 
 
 def test_metric_fns_are_applied_to_targets_and_predictions(monkeypatch):

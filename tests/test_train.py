@@ -110,6 +110,8 @@ def test_sigterm_saves_and_the_rerun_resumes_bitwise(tmp_path):
     f.write(json.dumps({"step": 7, "train/loss": 99.0}) + "\n")
   lines = run_in_process(resumed, 6, *flags)
   assert any(line.startswith("resumed from") and line.endswith("/2") for line in lines)
+  with open(os.path.join(resumed, logs.LOG_FILE)) as f:  # README: the row that marks where the run resumed
+    assert {"step": 2, "resumed": True} in [json.loads(line) for line in f]
   assert "restored the input position at step 2" in lines  # the saved tf.data iterator, no re-reading
   assert_bitwise_equal(straight, resumed, 6)
   a = train_losses(straight)
