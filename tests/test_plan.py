@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import re
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -42,14 +43,19 @@ def test_compiled_arguments_are_the_sharded_state_and_batch(name, data, model):
   assert result.error is None and result.fits
   assert result.chips == len(devices) == data * model
   # What one chip holds of the inputs: its shard of parameters and Adafactor state, its rows of the 8 batch
-  # features, the step counter and the dropout key.
+  # features, the step counter and the dropout key. The whole state's size comes from flax and optax directly
+  # (not from the project's shardings): one chip holds all of it without model parallelism, a 1/model share of
+  # everything the model axis splits with it.
+  params = nn.unbox(abstract_variables(TINY))["params"]
+  state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((params, jax.eval_shape(tx.init, params))))
+  batch_bytes = 4 * (32 // data) * (3 * LENGTHS["inputs"] + 5 * LENGTHS["targets"]) + 4 + 8
+  if model == 1:
+    assert abs(result.arguments - (state_bytes + batch_bytes)) <= 0.01 * state_bytes + 1024
+  else:  # every kernel is split over 'model' (T5X's rules); the layer-norm scales and relative-position biases
+    # are not, a few percent of TINY
+    assert state_bytes / model + batch_bytes <= result.arguments <= 1.1 * state_bytes / model + batch_bytes
   mesh = partitioning.make_mesh(data, model, devices=devices)
   shardings = trainer.Shardings(TINY, tx, mesh)
-  specs = lambda tree: jax.tree.map(lambda s: s.spec, tree)
-  expected = (_bytes(shardings.abstract_params, specs(shardings.params), dict(mesh.shape))
-              + _bytes(shardings.abstract_opt_state, specs(shardings.opt_state), dict(mesh.shape))
-              + 4 * (32 // data) * (3 * LENGTHS["inputs"] + 5 * LENGTHS["targets"]) + 4 + 8)
-  assert abs(result.arguments - expected) <= 0.01 * expected + 1024, (result.arguments, expected)
   assert result.temporaries > 0 and result.flops > 0
   if model == 1:  # pure data parallelism: one gradient all-reduce of the parameters' size, nothing else
     param_bytes = 4 * sum(x.size for x in jax.tree.leaves(shardings.abstract_params))
