@@ -141,7 +141,7 @@ def is_eval_text(text: str) -> bool:
 
 def random_text(rng: np.random.Generator, needed: list) -> str:
   """A word of 3-6 random letters holding each needed letter once or twice."""
-  word = list(rng.choice(list(LETTERS), int(rng.integers(3, 7))))
+  word = [LETTERS[i] for i in rng.integers(0, len(LETTERS), int(rng.integers(3, 7)))]  # as rng.choice, faster
   for letter in needed:
     for _ in range(int(rng.integers(1, 3))):
       word[int(rng.integers(len(word)))] = letter
