@@ -99,11 +99,13 @@ def test_model_axis_across_processes_equals_one_process(mesh, one_process, tmp_p
 
 def test_sigterm_to_one_process_saves_the_same_step_in_both(two_by_two, tmp_path):
   """One trial (the suite's time): process 1 alone gets SIGTERM after step 1 and waits 2 s, by when process 0 has
-  started step 2, so JAX's preemption service fixes step 3. Both save it and exit with the preemption code; the
-  rerun restores each process's own iterator (train_ds-<p>-of-2) and ends bitwise where the uninterrupted run does."""
+  started step 2, so JAX's preemption service fixes step 3. A checkpoint every step: the asynchronous saves of steps 1
+  and 2 are still being written when step 3's is due. Both save step 3 and exit with the preemption code; the rerun restores each
+  process's own iterator (train_ds-<p>-of-2) and ends bitwise where the uninterrupted run does. (One process,
+  SIGTERM during an eval: test_train.)"""
   model_dir = tmp_path / "run"
   codes, outputs = _two_processes(model_dir, 4, *MESHES["2x2_model_across_processes"],
-                                  env_1={"SIGNAL_AT_STEP": "1:TERM"})
+                                  "--gin.train.checkpoint_period=1", env_1={"SIGNAL_AT_STEP": "1:TERM"})
   assert codes == [preemption.EXIT_CODE] * 2, outputs
   assert all(f"flan-jax: preempted: step 3 saved in {model_dir}/checkpoints, " in out for out in outputs), outputs
   saved = os.listdir(model_dir / "checkpoints" / "3" / "data_iterator")

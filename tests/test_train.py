@@ -94,17 +94,20 @@ def params_difference(model_dir_a, model_dir_b, step):
 
 
 def test_sigterm_saves_and_the_rerun_resumes_bitwise(tmp_path):
-  """SIGTERM after step 1 (tests/train_worker.py): step 2 is saved with its data position and the process exits with
-  the preemption code; the rerun ends bitwise where the uninterrupted run does (parameters and Adafactor state), with
-  the same losses, and rerunning the finished run does nothing. A checkpoint without an iterator re-reads the data."""
+  """SIGTERM during the eval after step 1 (tests/train_worker.py): the eval finishes, step 2 is saved with its data
+  position and the process exits with the preemption code; the rerun ends bitwise where the uninterrupted run does
+  (parameters and Adafactor state; an eval changes neither), with the same losses, and rerunning the finished run
+  does nothing. A checkpoint without an iterator re-reads the data."""
   flags = ["--gin.train.checkpoint_period=3", "--gin.DROPOUT_RATE=0.1"]
+  evals = ["--gin.EVAL_TASKS=['demo_held_in']", "--gin.EVAL_PERIOD=1", "--gin.train.eval_max_examples=0"]
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   run_in_process(straight, 6, *flags)
-  result = run_subprocess(resumed, 6, *flags, env={"SIGNAL_AT_STEP": "1:TERM"})
+  result = run_subprocess(resumed, 6, *flags, *evals, env={"SIGNAL_DURING_EVAL": "1"})
   assert result.returncode == preemption.EXIT_CODE, result.stdout + result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith(
       f"flan-jax: preempted: step 2 saved in {resumed}/checkpoints, "), result.stderr
   assert checkpoints.locate(os.path.join(resumed, "checkpoints"))[1] == 2
+  assert re.search(r"^step 1: eval/demo_held_in/loss", result.stdout, re.M), result.stdout  # it finished
   shutil.copytree(resumed, str(tmp_path / "replayed"))
   with open(os.path.join(resumed, logs.LOG_FILE), "a") as f:  # as if a killed run had logged past its checkpoint
     f.write(json.dumps({"step": 7, "train/loss": 99.0}) + "\n")

@@ -4,7 +4,8 @@ With KILL_DURING_SAVE_STEP=N the process SIGKILLs itself while checkpoint N is b
 files are in orbax's temporary directory, before the rename that commits it. With FAIL_AT_STEP=N an exception
 is raised in the training loop after step N (a crash that is not bad input). With SIGNAL_AT_STEP=N:TERM (or
 N:KILL) the process sends itself that signal once step N is logged; after a SIGTERM it goes on 2 s later, by when
-JAX's preemption service has fixed the step to save from where every process is.
+JAX's preemption service has fixed the step to save from where every process is. With SIGNAL_DURING_EVAL=1 it
+sends itself SIGTERM as an evaluation starts.
 """
 
 import os
@@ -51,6 +52,22 @@ if os.environ.get("SIGNAL_AT_STEP"):
     return logged
 
   logs.Progress.update = update_then_signal
+
+if os.environ.get("SIGNAL_DURING_EVAL"):
+  from flan_jax import train
+
+  _make_evaluator = train._make_evaluator
+
+  def make_evaluator_that_signals(*args, **kwargs):
+    evaluate = _make_evaluator(*args, **kwargs)
+
+    def evaluate_after_a_sigterm(params):
+      os.kill(os.getpid(), signal.SIGTERM)
+      return evaluate(params)
+
+    return evaluate_after_a_sigterm
+
+  train._make_evaluator = make_evaluator_that_signals
 
 from flan_jax import cli  # noqa: E402
 
