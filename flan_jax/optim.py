@@ -31,7 +31,7 @@ def adafactor(learning_rate: float = 5e-4, warmup_steps: int = 0, cooldown_fract
   """Optax Adafactor with t5x's defaults (factored second moments, no momentum, update clipping 1.0)."""
   if not learning_rate > 0 or warmup_steps < 0:
     raise UserError(f"LEARNING_RATE must be > 0 and warmup_steps >= 0, got {learning_rate} and {warmup_steps}")
-  if cooldown_fraction and not (0 < cooldown_fraction <= 1 and total_steps):
+  if cooldown_fraction and not (0 < cooldown_fraction <= 1 and total_steps is not None):
     raise UserError(f"adafactor.cooldown_fraction={cooldown_fraction} needs to be in (0, 1] and "
                     f"adafactor.total_steps (usually %TRAIN_STEPS) set, got {total_steps}")
   cooldown_steps = round(cooldown_fraction * total_steps) if cooldown_fraction else 0
