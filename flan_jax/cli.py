@@ -373,10 +373,12 @@ def main(argv=None) -> int:
 
 def set_up_process() -> None:
   """What the command, not the library, decides for its process: TensorFlow's C++ start-up lines hidden (it
-  reads this when first imported, which commands do lazily), and seqio's advice to cache the in-memory
-  datasets of registered tasks (they shuffle well uncached) filtered out."""
+  reads this when first imported, which commands do lazily); two log lines that are no news filtered out:
+  seqio's advice to cache the in-memory datasets of registered tasks (they shuffle well uncached), and orbax's
+  note at every save of one process that it has no per-process OCDBT files to merge."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  logging.getLogger("absl").addFilter(lambda record: "uncached FunctionDataset" not in record.getMessage())
+  noise = ("uncached FunctionDataset", "Skipping merge of OCDBT checkpoints")
+  logging.getLogger("absl").addFilter(lambda record: not any(n in record.getMessage() for n in noise))
 
 
 def run(argv=None) -> NoReturn:
