@@ -19,8 +19,6 @@ from flan_jax.errors import UserError
 from flan_jax.models import T5Config
 from flan_jax.vocab import byte_vocabulary, sentencepiece_vocabulary
 
-EOS_ID = decoding.EOS_ID
-
 
 @dataclasses.dataclass
 class Model:
@@ -65,8 +63,8 @@ def encode(vocabulary, texts: list[str], length: int, keep_end: bool = True) -> 
   """[len(texts), length] token ids with EOS; too-long texts keep their end (or start) tokens."""
   out = np.zeros((len(texts), length), np.int32)
   for i, text in enumerate(texts):
-    ids = list(vocabulary.encode(text)) + [EOS_ID]
-    ids = ids[-length:] if keep_end else ids[:length - 1] + [EOS_ID]
+    ids = list(vocabulary.encode(text)) + [decoding.EOS_ID]
+    ids = ids[-length:] if keep_end else ids[:length - 1] + [decoding.EOS_ID]
     out[i, :len(ids)] = ids
   return out
 
@@ -82,8 +80,8 @@ def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
 
 def decode_tokens(vocabulary, tokens: np.ndarray) -> str:
   ids = [int(t) for t in tokens]
-  if EOS_ID in ids:
-    ids = ids[:ids.index(EOS_ID)]
+  if decoding.EOS_ID in ids:
+    ids = ids[:ids.index(decoding.EOS_ID)]
   return vocabulary.decode(ids)
 
 

@@ -103,11 +103,8 @@ def test_tpu_vm_script_sets_the_callers_flan_jax_variables_on_every_worker():
 def test_gpu_check_runs_on_a_tiny_model_without_the_data_stack(tmp_path):
   """scripts/gpu_check.sh, as on the GPU machine, which has no TensorFlow, seqio or TFDS (blocked here by a
   sitecustomize its subprocesses inherit): parity, the train step against transformers, decoding."""
-  # None in sys.modules: `import` fails and importlib.util.find_spec answers "not installed", as for a package
-  # that is absent (transformers asks find_spec before it imports TensorFlow).
-  (tmp_path / "sitecustomize.py").write_text(
-      "import sys\n"
-      "sys.modules.update(dict.fromkeys(['tensorflow', 'seqio', 'tensorflow_datasets', 'tf_keras']))\n")
+  from test_imports import BLOCK_DATA_STACK
+  (tmp_path / "sitecustomize.py").write_text(BLOCK_DATA_STACK)
   out = _run("bash", "scripts/gpu_check.sh", "--tiny",
              env={"PYTHON": sys.executable, "OUT": str(tmp_path), "PYTHONPATH": str(tmp_path)})
   assert out.returncode == 0, out.stdout + out.stderr[-3000:]

@@ -1,5 +1,7 @@
 """From a task or mixture name to batches of model features (seqio's EncDecFeatureConverter, packed)."""
 
+import functools
+
 import numpy as np
 import seqio
 import tensorflow as tf
@@ -10,6 +12,7 @@ from flan_jax.errors import UserError
 
 
 
+@functools.cache
 def keep_tensorflow_off_accelerators() -> None:
   """TF only feeds data: keep it off any GPU JAX uses (before TF first touches a device, hence once, early)."""
   try:
