@@ -6,7 +6,9 @@ one model per point with the run's gin settings (the same steps and batch for ev
 
 (a) N training tasks drawn from MIXTURE (`subset_fn`, nested per seed), for each N and seed;
 (b) the largest N at each model size (`sizes`: name -> T5Config fields over the gin model);
-(c) COT_MIXTURE and NO_COT_MIXTURE, each evaluated with CoT prompts and with direct prompts.
+(c) COT_MIXTURE and NO_COT_MIXTURE, each evaluated with CoT prompts and with direct prompts. When COT_MIXTURE is
+    MIXTURE, its row is the largest-N point of the first seed (also evaluated on the CoT tasks) rather than a
+    second training on the same data.
 
 Each point's result is written as it finishes, so re-running the command skips the points already done.
 The table (markdown and JSON) and the plot land in the output directory.
@@ -70,8 +72,11 @@ def sweep(out_dir: str, mixture: str = gin.REQUIRED, held_out_tasks: tuple = gin
   largest = max(task_counts)
   points = [("tasks", n, seed, default_size) for n in task_counts for seed in seeds]
   points += [("size", largest, seeds[0], size) for size in sizes if size != default_size]
-  points += [("cot", kind, seeds[0], default_size) for kind in (["with_cot", "without_cot"] if cot_mixture else [])]
+  reuse_largest = cot_mixture == mixture
+  cot_kinds = (([] if reuse_largest else ["with_cot"]) + ["without_cot"]) if cot_mixture else []
+  points += [("cot", kind, seeds[0], default_size) for kind in cot_kinds]
   eval_tasks = list(dict.fromkeys(list(held_out_tasks) + list(held_in_tasks)))
+  largest_key = f"{largest}_tasks_seed{seeds[0]}_{default_size}"
 
   results = {}
   started = time.time()
@@ -83,6 +88,8 @@ def sweep(out_dir: str, mixture: str = gin.REQUIRED, held_out_tasks: tuple = gin
     else:
       name, tasks = subset_fn(mixture, what, seed), eval_tasks
       key = f"{what}_tasks_seed{seed}_{size}"
+      if reuse_largest and key == largest_key:
+        tasks = list(dict.fromkeys(tasks + list(cot_eval_tasks) + list(direct_eval_tasks)))
     path = os.path.join(out_dir, "points", key + ".json")
     if os.path.exists(path):
       with open(path) as f:
@@ -101,6 +108,8 @@ def sweep(out_dir: str, mixture: str = gin.REQUIRED, held_out_tasks: tuple = gin
     with open(path + ".tmp", "w") as f:
       json.dump(results[key], f, indent=1)
     os.replace(path + ".tmp", path)
+  if reuse_largest:
+    results[f"with_cot_seed{seeds[0]}_{default_size}"] = {**results[largest_key], "kind": "cot", "what": "with_cot"}
 
   table = summarize(results, held_out_tasks, held_in_tasks, cot_eval_tasks, direct_eval_tasks)
   with open(os.path.join(out_dir, "findings.json"), "w") as f:
@@ -163,7 +172,7 @@ def summarize(results: dict, held_out, held_in, cot_eval, direct_eval) -> dict:
   size_rows.sort(key=lambda row: row["parameters"])
   cot_rows = [{"training": r["what"], "cot_prompts": _mean_accuracy(r["metrics"], cot_eval),
                "direct_prompts": _mean_accuracy(r["metrics"], direct_eval)}
-              for r in results.values() if r["kind"] == "cot"]
+              for r in sorted(results.values(), key=lambda r: r["what"]) if r["kind"] == "cot"]
   return {"held_out_tasks": list(held_out), "held_in_tasks": list(held_in), "task_count": task_rows,
           "model_size": size_rows, "chain_of_thought": cot_rows}
 

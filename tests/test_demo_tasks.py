@@ -132,12 +132,15 @@ def test_findings_quick_writes_its_table_and_plot(tmp_path, capsys):
   assert all(len(r["held_out"]) == 2 and 0 <= r["held_out_mean"] <= 1 for r in table["task_count"])
   assert len(table["model_size"]) == 2 and table["model_size"][0]["parameters"] < table["model_size"][1]["parameters"]
   assert [r["training"] for r in table["chain_of_thought"]] == ["with_cot", "without_cot"]
+  # the CoT mixture is the sweep's own: its row is the 4-task point of seed 0, evaluated on the CoT tasks too
+  largest = json.loads((out / "points" / "4_tasks_seed0_tiny (demo).json").read_text())["metrics"]
+  assert table["chain_of_thought"][0]["cot_prompts"] == largest["eval/demo_held_out_compositions_cot/accuracy"]
   assert "(a) Held-out accuracy against the number of training tasks" in (out / "findings.md").read_text()
   assert (out / "findings.png").read_bytes()[:4] == b"\x89PNG"
   # a second run keeps the points already done
   capsys.readouterr()
   assert cli.main(["findings", "--quick", "--out", str(out)]) == 0
-  assert capsys.readouterr().out.count("done before, kept") == 7
+  assert capsys.readouterr().out.count("done before, kept") == 6
 
 
 def test_mixture_subset_draws_nested_tasks_of_any_mixture_with_their_rates(capsys):
