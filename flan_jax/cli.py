@@ -5,9 +5,13 @@ preempted `train` (SIGTERM) exits 75 once its step is saved (flan_jax/preemption
 """
 
 import argparse
+import contextlib
+import importlib.util
 import logging
 import os
+import re
 import sys
+import tempfile
 import traceback
 from typing import NoReturn
 
@@ -183,6 +187,7 @@ def _model_info(args):
 def _start_processes(args):
   from flan_jax import distributed
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  _find_devices()
 
 
 def _train(args):
@@ -197,6 +202,7 @@ def _findings(args):
   import flan_jax.train  # noqa: F401  (registers train's gin configurable before the files are parsed)
   gin_files = (args.gin_file or ["runs/findings.gin"]) + (["runs/findings_quick.gin"] if args.quick else [])
   gin_utils.parse(gin_files, args.gin_bindings, args.gin_search_paths)
+  _find_devices()
   findings.sweep(args.out)
 
 
@@ -360,6 +366,7 @@ def main(argv=None) -> int:
     bindings, rest = gin_utils.split_gin_bindings(argv)
     args = build_parser().parse_args(rest)
     args.gin_bindings = bindings
+    _import_tensorflow()  # after parsing: --help and usage errors need no TensorFlow
     args.run(args)
   except UserError as e:
     # One line: gin appends "In call to configurable ..." on a line of its own.
@@ -379,6 +386,48 @@ def set_up_process() -> None:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   noise = ("uncached FunctionDataset", "Skipping merge of OCDBT checkpoints")
   logging.getLogger("absl").addFilter(lambda record: not any(n in record.getMessage() for n in noise))
+
+
+# Start-up lines written straight to file descriptor 2 on a machine where they are no news, past Python's logging
+# and TF_CPP_MIN_LOG_LEVEL: TensorFlow's while it is imported (oneDNN, the CUDA stub, absl's note that logging is
+# not set up yet), and libtpu's, installed but on a machine without TPUs, when JAX looks for its devices.
+START_UP_NOISE = re.compile(
+    r"oneDNN custom operations|cudart_stub|cuda drivers|absl::InitializeLog|cpu_feature_guard|"
+    r"rebuild TensorFlow with the appropriate compiler flags|"
+    r"Failed to find host bounds for accelerator type|Logging before InitGoogle|unexpected worker hostname|"
+    r"Source Location Trace|libtpu_init_utils")
+
+
+@contextlib.contextmanager
+def _start_up_noise_dropped():
+  """Whatever the block writes to file descriptor 2 is passed on, less the START_UP_NOISE lines."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+        if not START_UP_NOISE.search(line):
+          sys.stderr.write(line)
+
+
+def _import_tensorflow() -> None:
+  if "tensorflow" not in sys.modules and importlib.util.find_spec("tensorflow") is not None:
+    with _start_up_noise_dropped():
+      import tensorflow  # noqa: F401,PLC0415
+
+
+def _find_devices() -> None:
+  """JAX's backends, started once here (after jax.distributed, which must come first)."""
+  import jax
+  with _start_up_noise_dropped():
+    jax.devices()
 
 
 def run(argv=None) -> NoReturn:

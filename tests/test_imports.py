@@ -86,3 +86,11 @@ assert np.asarray(greedy).shape == (2, 5)
 print("ok")
 """
   assert _python(code).split()[-1] == "ok"
+
+
+def test_start_up_lines_written_to_fd_2_are_dropped_and_the_rest_kept(capfd):
+  from flan_jax import cli
+  with cli._start_up_noise_dropped():
+    os.write(2, b"I0000 port.cc:153] oneDNN custom operations are on.\nkeep this line\n")
+    os.write(2, b"=== Source Location Trace: === \nlearning/45eac/tfrc/runtime/libtpu_init_utils.cc:327\n")
+  assert capfd.readouterr().err == "keep this line\n"
