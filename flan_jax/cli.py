@@ -229,10 +229,25 @@ def _tasks(args):
   print("\n".join(lines))
 
 
+def _number(kind, low=None, high=None, low_open=False):
+  """An argparse type: `kind` within [low, high] ((low, high] with low_open), else a usage error naming the range."""
+  def parse(text):
+    try:
+      value = kind(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
+    below = low is not None and (value <= low if low_open else value < low)
+    if below or (high is not None and value > high):
+      bounds = f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+      raise argparse.ArgumentTypeError(f"must be in {bounds}, got {text}")
+    return value
+  return parse
+
+
 def _add_process_flags(p):
   p.add_argument("--coordinator_address", help="multi-process: host:port of process 0 (see flan_jax.distributed)")
-  p.add_argument("--num_processes", type=int)
-  p.add_argument("--process_id", type=int)
+  p.add_argument("--num_processes", type=_number(int, 1))
+  p.add_argument("--process_id", type=_number(int, 0))
 
 
 def _add_gin_flags(p):
@@ -289,16 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_text)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--split", default=None, help="default: validation, else test")
-    p.add_argument("--max_examples", type=int, default=None)
+    p.add_argument("--max_examples", type=_number(int, 1), default=None)
     p.add_argument("--module", action="append", default=[], help="extra module registering tasks (repeatable)")
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--inputs_length", type=int, default=512)
-    p.add_argument("--max_decode_length", type=int, default=128)
-    p.add_argument("--beam_size", type=int, default=1, help="1: greedy or sampling; >1: beam search")
-    p.add_argument("--alpha", type=float, default=0.6, help="beam search brevity penalty")
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
-    p.add_argument("--top_k", type=int, default=0)
-    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--batch_size", type=_number(int, 1), default=8)
+    p.add_argument("--inputs_length", type=_number(int, 1), default=512)
+    p.add_argument("--max_decode_length", type=_number(int, 1), default=128)
+    p.add_argument("--beam_size", type=_number(int, 1), default=1, help="1: greedy or sampling; >1: beam search")
+    p.add_argument("--alpha", type=_number(float, 0), default=0.6, help="beam search brevity penalty")
+    p.add_argument("--temperature", type=_number(float, 0), default=0.0, help="0: greedy")
+    p.add_argument("--top_k", type=_number(int, 0), default=0, help="0: no limit")
+    p.add_argument("--top_p", type=_number(float, 0, 1, low_open=True), default=1.0)
     p.add_argument("--seed", type=int, default=0)
     _add_process_flags(p)
     if name == "infer":
@@ -320,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("model-info", help="parameter count and a forward/backward pass of a gin-configured model")
   _add_gin_flags(p)
-  p.add_argument("--batch", type=int, default=2)
-  p.add_argument("--length", type=int, default=32)
+  p.add_argument("--batch", type=_number(int, 1), default=2)
+  p.add_argument("--length", type=_number(int, 1), default=32)
   p.add_argument("--no_forward", action="store_true", help="only count parameters (no allocation)")
   p.set_defaults(run=_model_info)
 
@@ -348,9 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("action", choices=["list", "show"])
   p.add_argument("name", nargs="?", help="task or mixture (for show)")
   p.add_argument("--split", default="train")
-  p.add_argument("--n", type=int, default=3, help="examples to show")
-  p.add_argument("--inputs_length", type=int, default=512)
-  p.add_argument("--targets_length", type=int, default=128)
+  p.add_argument("--n", type=_number(int, 1), default=3, help="examples to show")
+  p.add_argument("--inputs_length", type=_number(int, 1), default=512)
+  p.add_argument("--targets_length", type=_number(int, 1), default=128)
   p.add_argument("--module", action="append", default=[], help="extra module registering tasks (repeatable)")
   p.set_defaults(run=_tasks)
   return parser

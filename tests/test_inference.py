@@ -215,6 +215,20 @@ def test_bad_checkpoint_paths_and_malformed_jsonl(tmp_path, capsys):
     inference.read_jsonl(str(bad))
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--top_p", "1.5", "must be in (0, 1], got 1.5"), ("--top_p", "0", "must be in (0, 1], got 0"),
+    ("--temperature", "-1", "must be in [0, inf], got -1"), ("--top_k", "-2", "must be in [0, inf], got -2"),
+    ("--beam_size", "0", "must be in [1, inf], got 0"), ("--max_decode_length", "0", "must be in [1, inf], got 0"),
+    ("--batch_size", "two", "not an integer: 'two'"), ("--num_processes", "0", "must be in [1, inf], got 0")])
+def test_out_of_range_decoding_flags_are_usage_errors_before_anything_runs(flag, value, message, tmp_path, capsys):
+  for command in (["infer", "--output", str(tmp_path / "p.jsonl")], ["eval", "--tasks", "demo_held_in"]):
+    with pytest.raises(SystemExit) as exit_:
+      cli.main(command + ["--checkpoint", str(tmp_path / "ckpt"), flag, value])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"argument {flag}: {message}")
+  assert not (tmp_path / "p.jsonl").exists()
+
+
 # --- infer and eval end to end on a tiny model with the T5 vocabulary ---
 
 @pytest.fixture(scope="module")
