@@ -1,5 +1,6 @@
-"""Held-out evaluation: per-task accuracy by rank classification (tasks with fixed options, e.g. MMLU) or by
-generation (BBH direct and CoT, Flan tasks), averaged per mixture; a console table and a JSON file.
+"""Held-out evaluation, standalone (`flan-jax eval`) and during training: per-task accuracy by rank
+classification (tasks with fixed options, e.g. MMLU) or by generation (BBH direct and CoT, Flan tasks), averaged
+per mixture; a console table and a JSON file.
 
 Generated answers are compared after taking the text after "the answer is" when present, so a chain of
 thought is judged by its final answer; a task may register its own judge (MGSM's final number, TyDi QA's
@@ -8,10 +9,11 @@ normalised exact match).
 
 import re
 
+import jax
 import numpy as np
 import seqio
 
-from flan_jax import inference
+from flan_jax import inference, partitioning, trainer
 from flan_jax.data import pipeline, registration
 from flan_jax.errors import UserError
 from flan_jax.vocab import fingerprint
@@ -120,3 +122,56 @@ def table(results: dict) -> str:
   for group, accuracy in results["groups"].items():
     lines.append(f"{'average: ' + group:52} {'':8} {100 * accuracy:8.1f}%")
   return "\n".join(lines)
+
+
+def make_train_evaluator(config, shardings, eval_tasks, split, lengths, batch_size, max_examples, vocabulary):
+  """In-training eval: params -> {'eval/<task>/loss', '.../token_accuracy', '.../accuracy'}: teacher-forced loss
+  and token accuracy over the split on the training mesh, and the accuracy of decoded answers on its first
+  `max_examples` examples."""
+  if not eval_tasks:
+    return None
+  settings = inference.Settings(batch_size=batch_size, inputs_length=lengths["inputs"],
+                                max_decode_length=lengths["targets"])
+  eval_step = trainer.jit_eval_step(trainer.make_eval_step(config), shardings)
+  layout = partitioning.data_layout(shardings.mesh, batch_size)
+  local_size = layout.rows
+  cached = {}
+
+  def batches(task):
+    if task not in cached:  # eval sets are small: read once, pad to the same number of batches on every host
+      ds = pipeline.get_dataset(task, split, lengths, shuffle=False, num_epochs=1, pack=False,
+                                shard_info=layout.shard_info, seed=0)
+      rows = list(pipeline.iterate(ds))
+      count = -(-len(rows) // local_size)
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        count = int(np.max(multihost_utils.process_allgather(np.array(count))))
+      # All-padding rows (zero loss weight) fill the last batch, and every batch of a shard with no examples.
+      blank = {k: np.zeros(spec.shape, spec.dtype.as_numpy_dtype) for k, spec in ds.element_spec.items()}
+      padded = rows + [blank] * (count * local_size - len(rows))
+      cached[task] = [{k: np.stack([r[k] for r in padded[i:i + local_size]]) for k in blank}
+                      for i in range(0, len(padded), local_size)]
+    return cached[task]
+
+  def evaluate(params):
+    out = {}
+    for task in eval_tasks:
+      sums = None
+      for local in batches(task):
+        m = eval_step(params, partitioning.global_batch(local, shardings.mesh, layout))
+        sums = m if sums is None else jax.tree.map(lambda a, b: a + b, sums, m)
+      summary = trainer.summarize(sums)
+      out[f"eval/{task}/loss"] = float(summary["loss"])
+      out[f"eval/{task}/token_accuracy"] = float(summary["accuracy"])
+      if max_examples:  # what inference would answer: generation, or rank classification for option tasks
+        model = inference.Model(config, params, vocabulary, fingerprint(vocabulary), shardings.mesh)
+        result = evaluate_task(model, task, split, settings, max_examples)
+        out[f"eval/{task}/accuracy"] = result["accuracy"]
+        out.update({f"eval/{task}/{k}": v for k, v in result["metrics"].items()})
+    accuracies = [v for k, v in out.items() if k.endswith("/accuracy") and not k.endswith("token_accuracy")]
+    if accuracies:
+      out["eval/average/accuracy"] = float(np.mean(accuracies))  # a natural best_metric
+    return out
+
+  return evaluate
+

@@ -17,7 +17,7 @@ import gin
 import jax
 import numpy as np
 
-from flan_jax import checkpoints, evaluation, inference, logs, partitioning, preemption, t5x, trainer
+from flan_jax import checkpoints, evaluation, logs, partitioning, preemption, t5x, trainer
 from flan_jax.data import pipeline, registration
 from flan_jax.errors import UserError
 from flan_jax.models import T5Config
@@ -200,8 +200,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
 
     step_fn = trainer.jit_train_step(
         trainer.make_train_step(config, tx, z_loss, loss_normalizing_factor, num_microbatches), shardings)
-    eval_fn = _make_evaluator(config, shardings, eval_tasks, eval_split, task_feature_lengths, eval_batch_size,
-                              eval_max_examples, vocabulary)
+    eval_fn = evaluation.make_train_evaluator(config, shardings, eval_tasks, eval_split, task_feature_lengths,
+                                              eval_batch_size, eval_max_examples, vocabulary)
     last_mngr = checkpoints.manager(ckpt_dir, max_to_keep=keep_checkpoints, async_save=True)
     best_mngr = checkpoints.manager(os.path.join(model_dir, "best"), max_to_keep=1, best_metric=best_metric,
                                     best_mode=best_mode, async_save=True) if best_metric else None
@@ -359,55 +359,3 @@ def _warn_if_data_changed(meta, name, lengths, batch_size, seed, log_fn):
   if changed:
     log_fn("WARNING: data settings changed since the checkpoint, so the resumed data stream is not the "
            "original one: " + "; ".join(changed))
-
-
-def _make_evaluator(config, shardings, eval_tasks, split, lengths, batch_size, max_examples, vocabulary):
-  """params -> {'eval/<task>/loss', '.../token_accuracy', '.../accuracy'}: teacher-forced loss and token
-  accuracy over the split, and the accuracy of decoded answers on its first `max_examples` examples."""
-  if not eval_tasks:
-    return None
-  settings = inference.Settings(batch_size=batch_size, inputs_length=lengths["inputs"],
-                                max_decode_length=lengths["targets"])
-  eval_step = trainer.jit_eval_step(trainer.make_eval_step(config), shardings)
-  layout = partitioning.data_layout(shardings.mesh, batch_size)
-  local_size = layout.rows
-  cached = {}
-
-  def batches(task):
-    if task not in cached:  # eval sets are small: read once, pad to the same number of batches on every host
-      ds = pipeline.get_dataset(task, split, lengths, shuffle=False, num_epochs=1, pack=False,
-                                shard_info=layout.shard_info, seed=0)
-      rows = list(pipeline.iterate(ds))
-      count = -(-len(rows) // local_size)
-      if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        count = int(np.max(multihost_utils.process_allgather(np.array(count))))
-      # All-padding rows (zero loss weight) fill the last batch, and every batch of a shard with no examples.
-      blank = {k: np.zeros(spec.shape, spec.dtype.as_numpy_dtype) for k, spec in ds.element_spec.items()}
-      padded = rows + [blank] * (count * local_size - len(rows))
-      cached[task] = [{k: np.stack([r[k] for r in padded[i:i + local_size]]) for k in blank}
-                      for i in range(0, len(padded), local_size)]
-    return cached[task]
-
-  def evaluate(params):
-    out = {}
-    for task in eval_tasks:
-      sums = None
-      for local in batches(task):
-        m = eval_step(params, partitioning.global_batch(local, shardings.mesh, layout))
-        sums = m if sums is None else jax.tree.map(lambda a, b: a + b, sums, m)
-      summary = trainer.summarize(sums)
-      out[f"eval/{task}/loss"] = float(summary["loss"])
-      out[f"eval/{task}/token_accuracy"] = float(summary["accuracy"])
-      if max_examples:  # what inference would answer: generation, or rank classification for option tasks
-        model = inference.Model(config, params, vocabulary, fingerprint(vocabulary), shardings.mesh)
-        result = evaluation.evaluate_task(model, task, split, settings, max_examples)
-        out[f"eval/{task}/accuracy"] = result["accuracy"]
-        out.update({f"eval/{task}/{k}": v for k, v in result["metrics"].items()})
-    accuracies = [v for k, v in out.items() if k.endswith("/accuracy") and not k.endswith("token_accuracy")]
-    if accuracies:
-      out["eval/average/accuracy"] = float(np.mean(accuracies))  # a natural best_metric
-    return out
-
-  return evaluate
-

@@ -333,15 +333,15 @@ def test_in_training_eval_of_the_presets_mixtures(tiny_checkpoint, small_suite):
   import jax
   import numpy as np
 
-  from flan_jax import inference, partitioning, train, trainer
+  from flan_jax import inference, partitioning, trainer
   from flan_jax.optim import adafactor
   model = inference.load(tiny_checkpoint)
   mesh = partitioning.make_mesh(1, 1)
   shardings = trainer.Shardings(model.config, adafactor(), mesh)
   lengths = {"inputs": 96, "targets": 8}
   with jax.set_mesh(mesh), partitioning.axis_rules():
-    evaluate = train._make_evaluator(model.config, shardings, ["mmlu", "bbh_direct"], "test", lengths, 4, 3,
-                                     model.vocabulary)
+    evaluate = evaluation.make_train_evaluator(model.config, shardings, ["mmlu", "bbh_direct"], "test", lengths,
+                                               4, 3, model.vocabulary)
     out = evaluate(model.params)
   settings = inference.Settings(batch_size=4, inputs_length=96, max_decode_length=8)
   groups = {"mmlu": ["mmlu_abstract_algebra"], "bbh_direct": ["bbh_navigate_direct", "bbh_temporal_sequences_direct"]}

@@ -54,9 +54,9 @@ if os.environ.get("SIGNAL_AT_STEP"):
   logs.Progress.update = update_then_signal
 
 if os.environ.get("SIGNAL_DURING_EVAL"):
-  from flan_jax import train
+  from flan_jax import evaluation
 
-  _make_evaluator = train._make_evaluator
+  _make_evaluator = evaluation.make_train_evaluator
 
   def make_evaluator_that_signals(*args, **kwargs):
     evaluate = _make_evaluator(*args, **kwargs)
@@ -67,7 +67,7 @@ if os.environ.get("SIGNAL_DURING_EVAL"):
 
     return evaluate_after_a_sigterm
 
-  train._make_evaluator = make_evaluator_that_signals
+  evaluation.make_train_evaluator = make_evaluator_that_signals
 
 from flan_jax import cli  # noqa: E402
 
