@@ -172,7 +172,7 @@ def summarize(results: dict, held_out, held_in, cot_eval, direct_eval) -> dict:
   size_rows.sort(key=lambda row: row["parameters"])
   cot_rows = [{"training": r["what"], "cot_prompts": _mean_accuracy(r["metrics"], cot_eval),
                "direct_prompts": _mean_accuracy(r["metrics"], direct_eval)}
-              for r in sorted(results.values(), key=lambda r: r["what"]) if r["kind"] == "cot"]
+              for r in sorted((r for r in results.values() if r["kind"] == "cot"), key=lambda r: r["what"])]
   return {"held_out_tasks": list(held_out), "held_in_tasks": list(held_in), "task_count": task_rows,
           "model_size": size_rows, "chain_of_thought": cot_rows}
 
