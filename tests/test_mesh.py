@@ -23,7 +23,7 @@ def run_on_4x2(tmp_path_factory):
   result = run_subprocess(model_dir, 2, "--gin.make_mesh.data_parallel=4", "--gin.make_mesh.model_parallel=2",
                           HEADS, env=EIGHT)
   assert result.returncode == 0, result.stdout + result.stderr
-  return str(model_dir), result.stdout
+  return str(model_dir), result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +102,7 @@ def test_training_on_4x2_equals_one_device(run_on_4x2, tmp_path):
   lines = run_in_process(one, 2, HEADS, "--gin.make_mesh.data_parallel=1")
   assert any(line.startswith("mesh data=1 model=1 over 1 of ") for line in lines)
   assert "mesh data=4 model=2 over 8 of 8 devices" in output
+  assert not cli.START_UP_NOISE.search(output), output[:3000]  # TensorFlow's start-up lines are dropped
   # Parameters really are split over 'model' (t5x rules: vocab, mlp, heads/joined_kv on 'model').
   assert "decoder/logits_dense/kernel P(None, 'model')" in output
   assert "encoder/layers_0/mlp/wi_0/kernel P(None, 'model')" in output
