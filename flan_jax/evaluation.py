@@ -133,6 +133,7 @@ def make_train_evaluator(config, shardings, eval_tasks, split, lengths, batch_si
   settings = inference.Settings(batch_size=batch_size, inputs_length=lengths["inputs"],
                                 max_decode_length=lengths["targets"])
   eval_step = trainer.jit_eval_step(trainer.make_eval_step(config), shardings)
+  vocab_id = fingerprint(vocabulary)  # hashes the SentencePiece model: once, not per task and eval
   layout = partitioning.data_layout(shardings.mesh, batch_size)
   local_size = layout.rows
   cached = {}
@@ -155,6 +156,7 @@ def make_train_evaluator(config, shardings, eval_tasks, split, lengths, batch_si
 
   def evaluate(params):
     out = {}
+    model = inference.Model(config, params, vocabulary, vocab_id, shardings.mesh)
     for task in eval_tasks:
       sums = None
       for local in batches(task):
@@ -164,7 +166,6 @@ def make_train_evaluator(config, shardings, eval_tasks, split, lengths, batch_si
       out[f"eval/{task}/loss"] = float(summary["loss"])
       out[f"eval/{task}/token_accuracy"] = float(summary["accuracy"])
       if max_examples:  # what inference would answer: generation, or rank classification for option tasks
-        model = inference.Model(config, params, vocabulary, fingerprint(vocabulary), shardings.mesh)
         result = evaluate_task(model, task, split, settings, max_examples)
         out[f"eval/{task}/accuracy"] = result["accuracy"]
         out.update({f"eval/{task}/{k}": v for k, v in result["metrics"].items()})
@@ -174,4 +175,3 @@ def make_train_evaluator(config, shardings, eval_tasks, split, lengths, batch_si
     return out
 
   return evaluate
-
