@@ -8,9 +8,14 @@ import signal
 import jax
 import numpy as np
 import safetensors.numpy
+import seqio
 from etils import epath
 
 from flan_jax import checkpoints, cli, logs
+from flan_jax.data import collection_files, mixing
+from flan_jax.data.collection import register_flan_collection
+from flan_jax.vocab import byte_vocabulary
+from test_flan_collection import _read, sample  # noqa: F401 (a fixture)
 from test_train import run_in_process, run_subprocess, train_losses
 
 BUCKET = "gs://flan-jax-test"
@@ -137,3 +142,27 @@ def test_json_log_appends_instead_of_rewriting(gcs, tmp_path, monkeypatch):
     else:  # rewriting the whole log each time would be about 500 x 1000 lines
       assert written["bytes"] <= 51 * 1000 * line
       assert len(logs._log_parts(epath.Path(model_dir))) == 10
+
+
+def test_flan_collection_from_gcs_registers_and_streams_as_the_local_copy(gcs, sample, monkeypatch):
+  """The same sample (JSON lines, gzip and Parquet) on gs://: the same tasks, rates, rows and host shards."""
+  remote = epath.Path(f"{BUCKET}/flan_collection")
+  for path in sample.rglob("*"):
+    if path.is_file():
+      (remote / path.relative_to(sample)).write_bytes(path.read_bytes())
+  local_mixtures = register_flan_collection(str(sample), byte_vocabulary())
+  local = {name: (mixing.rates(name), sorted(_read(name))) for name in local_mixtures}
+  monkeypatch.setattr(collection_files, "_count", _fail_if_local(collection_files._count))
+  assert register_flan_collection(str(remote), byte_vocabulary()) == local_mixtures
+  for name in local_mixtures:
+    assert (mixing.rates(name), sorted(_read(name))) == local[name], name
+  shards = [_read("flan2022_cot_cot_gsm8k", seqio.ShardInfo(i, 2)) for i in range(2)]
+  assert sorted(map(len, shards)) == [3, 5] and sorted(shards[0] + shards[1]) == sorted(_read("flan2022_cot_cot_gsm8k"))
+
+
+def _fail_if_local(count):
+  """Counting goes to gs://, not to a cached local path."""
+  def checked(path):
+    assert path.startswith("gs://"), path
+    return count(path)
+  return checked

@@ -7,7 +7,8 @@ optionally with a `_data` suffix; a folder per submix alone, `cot/`, works too),
 `_task_source` and `_template_type`, as FLAN's seqio export writes them (`_task_source` is not needed here).
 
 Files are never read whole: counting streams them line by line (JSON lines) or one row group of two columns at a
-time (Parquet), and reading streams them through tf.data. Counting reads the whole collection once, so the
+time (Parquet), and reading streams them into tf.data. Every file operation goes through etils.epath, so a gs://
+folder is read by the same code as a local one. Counting reads the whole collection once, so the
 counts of each file are kept in a local cache (`$XDG_CACHE_HOME`, else `~/.cache`, under `flan_jax/`), reused
 while the file's size and modification time stay the same.
 """
@@ -23,6 +24,7 @@ import sys
 
 import numpy as np
 import tensorflow as tf
+from etils import epath
 
 from flan_jax.data.preprocessors import ERROR_MARK
 from flan_jax.errors import UserError
@@ -35,6 +37,7 @@ _JSONL = (".jsonl", ".jsonl.gz")
 _FIELDS = {column: re.compile(rb'"%s"\s*:\s*"((?:[^"\\]|\\.)*)"' % column.encode())
            for column in ("_task_name", "_template_type")}
 _CACHE_VERSION = 1
+_LINES_PER_BATCH = 64  # lines a file gives at a time, parsed in one Python call
 
 
 @dataclasses.dataclass
@@ -51,17 +54,15 @@ def is_parquet(path: str) -> bool:
 
 def find_files(directory: str) -> dict[str, list[str]]:
   """submix -> its data files, from the folder names under `directory`."""
-  if not tf.io.gfile.isdir(directory):
+  if not epath.Path(directory).is_dir():
     raise UserError(f"Flan Collection directory not found: {directory}")
   found = {}
-  for entry in sorted(tf.io.gfile.listdir(directory)):
-    name = entry.rstrip("/")
-    match = _FOLDER.fullmatch(name)
-    folder = os.path.join(directory, name)
-    if not match or not tf.io.gfile.isdir(folder):
+  for entry in sorted(epath.Path(directory).iterdir(), key=lambda p: p.name):
+    match = _FOLDER.fullmatch(entry.name)
+    folder = os.path.join(directory, entry.name)
+    if not match or not entry.is_dir():
       continue
-    files = sorted(os.path.join(root, f) for root, _, names in tf.io.gfile.walk(folder) for f in names
-                   if f.endswith(_JSONL) or is_parquet(f))
+    files = sorted(f for f in _files_under(folder) if f.endswith(_JSONL) or is_parquet(f))
     if not files:
       raise UserError(f"{folder}: no data files (.jsonl, .jsonl.gz or .parquet)")
     found.setdefault(match.group(1), []).extend(files)
@@ -69,6 +70,15 @@ def find_files(directory: str) -> dict[str, list[str]]:
     raise UserError(f"{directory}: no Flan Collection folders (named like flan_zsopt, t0_fsnoopt, niv2_zsopt, "
                     f"cot_fsopt, dialog_zsopt, or a submix alone: {', '.join(SUBMIXES)})")
   return found
+
+
+def _files_under(folder: str) -> list[str]:
+  """Every file under `folder`, as `folder`/relative path (epath's walk drops the gs:// of its roots)."""
+  out = []
+  for entry in epath.Path(folder).iterdir():
+    path = os.path.join(folder, entry.name)
+    out.extend(_files_under(path) if entry.is_dir() else [path])
+  return out
 
 
 def _missing(columns) -> str:
@@ -84,8 +94,7 @@ def _count_jsonl(path: str) -> dict:
   """{task: {template type: rows}}, one line at a time. The two names are found without parsing the whole row;
   the first row, and any row where they are not found so, is parsed whole (and checked)."""
   counts, decoded = {}, {}
-  with tf.io.gfile.GFile(path, "rb") as raw:
-    lines = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+  with _open_lines(path) as lines:
     for line_no, line in enumerate(lines, start=1):
       if not line.strip():
         continue
@@ -115,14 +124,27 @@ def _check_row(path: str, line_no: int, line: bytes) -> tuple[str, str]:
   return row["_task_name"], row["_template_type"]
 
 
+def _open_lines(path: str):
+  """A JSON-lines file's raw lines (bytes), uncompressed if it ends in .gz."""
+  raw = epath.Path(path).open("rb")
+  return gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+
+
 def _parquet(path: str):
   try:
-    import pyarrow.fs
     import pyarrow.parquet as pq
   except ImportError as e:
     raise UserError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from e
-  filesystem, inner = pyarrow.fs.FileSystem.from_uri(path if "://" in path else os.path.abspath(path))
-  return pq.ParquetFile(filesystem.open_input_file(inner))
+  return pq.ParquetFile(epath.Path(path).open("rb"))
+
+
+def _stat(path: str) -> tuple[int, int]:
+  """(size, modification time in ns): what tells the counts cache a file changed."""
+  if "://" not in path:
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+  stat = epath.Path(path).stat()
+  return stat.length, int(stat.mtime * 1e9)
 
 
 def _count_parquet(path: str) -> dict:
@@ -178,9 +200,9 @@ def count_files(directory: str, paths: list[str]) -> dict[str, dict]:
   cached = _read_cache(cache_path)
   out, todo = {}, []
   for path in paths:
-    stat = tf.io.gfile.stat(path)
+    stat = _stat(path)
     entry = cached.get(path)
-    if entry and entry["size"] == stat.length and entry["mtime_nsec"] == stat.mtime_nsec:
+    if entry and (entry["size"], entry["mtime_nsec"]) == stat:
       out[path] = entry
     else:
       todo.append((path, stat))
@@ -189,7 +211,7 @@ def count_files(directory: str, paths: list[str]) -> dict[str, dict]:
           f"(once; kept in {cache_path})", file=sys.stderr, flush=True)
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
       for (path, stat), counts in zip(todo, pool.map(_count, [p for p, _ in todo])):
-        out[path] = {"size": stat.length, "mtime_nsec": stat.mtime_nsec, **counts}
+        out[path] = {"size": stat[0], "mtime_nsec": stat[1], **counts}
     _write_cache(cache_path, {**cached, **out})
   return out
 
@@ -237,15 +259,26 @@ def _jsonl_rows(paths: list[str], task: str) -> tf.data.Dataset:
                      f"{line[:200]!r}")
     return _strings(inputs), _strings(targets)
 
+  def line_batches(path):
+    with _open_lines(path.decode()) as lines:
+      batch = []
+      for line in lines:
+        batch.append(line.rstrip(b"\r\n"))
+        if len(batch) == _LINES_PER_BATCH:
+          yield np.array(batch, dtype=object)
+          batch = []
+      if batch:
+        yield np.array(batch, dtype=object)
+
   def to_rows(lines):
     inputs, targets = tf.numpy_function(parse, [lines], [tf.string, tf.string], stateful=False)
     return {"inputs": tf.ensure_shape(inputs, [None]), "targets": tf.ensure_shape(targets, [None])}
 
-  compression = ["GZIP" if p.endswith(".gz") else "" for p in paths]
-  ds = tf.data.Dataset.from_tensor_slices((paths, compression)).interleave(
-      lambda path, c: tf.data.TextLineDataset(path, compression_type=c), cycle_length=min(len(paths), 16),
-      block_length=16, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.batch(256).map(to_rows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+  ds = tf.data.Dataset.from_tensor_slices(paths).interleave(
+      lambda path: tf.data.Dataset.from_generator(line_batches, args=(path,),
+                                                  output_signature=tf.TensorSpec([None], tf.string)),
+      cycle_length=min(len(paths), 16), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.map(to_rows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
 
 
 def _parquet_rows(units: list[tuple[str, int]], task: str) -> tf.data.Dataset:
