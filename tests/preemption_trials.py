@@ -1,0 +1,89 @@
+"""SIGTERM at random moments, beyond the suite's one trial (test_multihost): 2 processes x 2 fake CPU devices on
+the 2x2 mesh with the model axis across them, packing and shuffling on, a checkpoint every step and an eval of
+the demo's held-out task every 2 steps, so that a random moment falls in a step, an asynchronous save or an eval.
+
+Each trial sends SIGTERM to process 1 alone after a random delay. Both processes must save the same step and exit
+with the preemption code (or both finish, when the signal comes after the last step), and the rerun must end
+bitwise equal to the uninterrupted run, with the same losses. Prints one line per trial; exits 1 on a failure.
+
+  .venv/bin/python tests/preemption_trials.py --trials 5 --seed 0
+"""
+
+import argparse
+import os
+import random
+import re
+import signal
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from flan_jax import preemption  # noqa: E402
+from test_multihost import MESHES, _start_two  # noqa: E402
+from test_train import assert_bitwise_equal, train_losses  # noqa: E402
+
+STEPS = 6
+FLAGS = [*MESHES["2x2_model_across_processes"], "--gin.train.checkpoint_period=1", "--gin.EVAL_PERIOD=2",
+         "--gin.EVAL_TASKS=['demo_held_out_rules']", "--gin.train.eval_max_examples=16", "--gin.train.eval_batch_size=8"]
+
+
+def _run(model_dir, sigterm_after=None):
+  """(exit codes, outputs, seconds) of one two-process run; SIGTERM to process 1 `sigterm_after` s in."""
+  started = time.time()
+  procs = _start_two(model_dir, STEPS, *FLAGS)
+  if sigterm_after is not None:
+    while time.time() - started < sigterm_after and procs[1].poll() is None:
+      time.sleep(0.05)
+    if procs[1].poll() is None:
+      procs[1].send_signal(signal.SIGTERM)
+  outputs = [p.communicate(timeout=900)[0] for p in procs]
+  return [p.returncode for p in procs], outputs, time.time() - started
+
+
+def _phase(output: str) -> str:
+  """The last thing process 1 logged before the notice: a step, an eval or a save."""
+  before = output.split("SIGTERM:")[0].strip().splitlines()
+  return before[-1][:90] if before else "(nothing logged yet)"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--trials", type=int, default=5)
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args()
+  rng = random.Random(args.seed)
+  root = tempfile.mkdtemp(prefix="preemption_trials_")
+  reference = os.path.join(root, "reference")
+  codes, outputs, seconds = _run(reference)
+  assert codes == [0, 0], outputs
+  print(f"uninterrupted: {STEPS} steps in {seconds:.0f} s", flush=True)
+  failures = 0
+  for trial in range(args.trials):
+    model_dir = os.path.join(root, f"trial{trial}")
+    delay = rng.uniform(0.2, 1.0) * seconds
+    codes, outputs, _ = _run(model_dir, delay)
+    saved = [re.findall(r"preempted: step (\d+) saved in .*, ([\d.]+)s after the notice", out) for out in outputs]
+    ok = codes == [preemption.EXIT_CODE] * 2 and len(saved[0]) == len(saved[1]) == 1 and \
+        saved[0][0][0] == saved[1][0][0]
+    finished = codes == [0, 0]
+    what = (f"both saved step {saved[0][0][0]} ({saved[1][0][1]} s after the notice); process 1 was at: "
+            f"{_phase(outputs[1])}" if ok else "both finished before the signal" if finished else
+            f"exit codes {codes}, saved {saved}")
+    if ok or finished:
+      resume_codes, resume_outputs, _ = _run(model_dir)
+      ok = resume_codes == [0, 0] and train_losses(model_dir) == train_losses(reference)
+      try:
+        assert_bitwise_equal(reference, model_dir, STEPS)
+      except AssertionError:
+        ok = False
+      what += "; resumed bitwise with equal losses" if ok else f"; the resume differs (exit {resume_codes})"
+    failures += not ok
+    print(f"trial {trial}: SIGTERM at {delay:.1f} s: {'ok' if ok else 'FAILED'}: {what}", flush=True)
+  print(f"{args.trials - failures} of {args.trials} trials passed ({root})")
+  sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+  main()
