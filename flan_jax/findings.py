@@ -28,6 +28,7 @@ from flan_jax import logs
 from flan_jax.data import registration
 from flan_jax.errors import UserError
 from flan_jax.models.t5 import param_count
+from flan_jax.settings import DatasetConfig, EvalConfig
 
 
 @gin.register
@@ -99,8 +100,9 @@ def sweep(out_dir: str, mixture: str = gin.REQUIRED, held_out_tasks: tuple = gin
     log_fn(f"findings: point {i + 1}/{len(points)} {key} ({name}); {logs.duration(time.time() - started)} so far")
     with _model_size(sizes[size]) as config:
       # An eval period past the end: one evaluation, after the last step.
-      metrics = train.train(model_dir=os.path.join(out_dir, "runs", key), mixture_or_task_name=name,
-                            random_seed=seed, eval_tasks=tuple(tasks), eval_period=10 ** 9, log_fn=log_fn)
+      metrics = train.train(model_dir=os.path.join(out_dir, "runs", key),
+                            data=DatasetConfig(mixture_or_task_name=name, seed=seed),
+                            evaluation=EvalConfig(tasks=tuple(tasks), period=10 ** 9), log_fn=log_fn)
     params = param_count(config)
     results[key] = {"kind": kind, "what": what, "seed": seed, "size": size, "mixture": name, "parameters": params,
                     "metrics": {k: v for k, v in metrics.items() if k.startswith("eval/")}}

@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from flan_jax import partitioning, trainer
 from flan_jax.errors import UserError
+from flan_jax.settings import CheckpointConfig, DatasetConfig, EvalConfig, StepConfig
 
 GIB = 2**30
 
@@ -232,18 +233,10 @@ def collectives(hlo: str) -> dict:
   return out
 
 
-def _settings() -> dict:
-  """train()'s settings as gin binds them (the defaults of train() otherwise)."""
-  defaults = {"batch_size": 64, "task_feature_lengths": {"inputs": 2048, "targets": 512}, "num_microbatches": 1,
-              "z_loss": 1e-4, "loss_normalizing_factor": None, "initial_checkpoint_path": None,
-              "eval_batch_size": 32}
-  return {**defaults, **{k: v for k, v in gin.get_bindings("train").items() if k in defaults}}
-
-
 def model_config():
   """The model train would build: the gin T5Config, or INITIAL_CHECKPOINT_PATH's with gin's runtime fields."""
   from flan_jax import checkpoints, train
-  path = _settings()["initial_checkpoint_path"]
+  path = CheckpointConfig().initial_checkpoint_path
   return train.resolve_model_config(checkpoints.model_config(checkpoints.read_meta(path)[2]) if path else None)
 
 
@@ -260,21 +253,23 @@ def candidates(chips: int, batch_size: int):
 def plan(topology_names: list[str], auto: bool = False, log_fn=print) -> list[Plan]:
   """For each topology: the gin mesh (or with `auto`, the first setting that fits within 75% of HBM)."""
   from flan_jax.optim import adafactor
-  settings = _settings()
+  # The settings objects train() builds, from the same gin bindings: plan compiles the step train would run.
+  data, step, evaluation = DatasetConfig(), StepConfig(), EvalConfig()
+  lengths = data.task_feature_lengths
   config, tx = model_config(), adafactor()
   results = []
   for name in topology_names:
     topology = TOPOLOGIES.get(name)
     devices = topology_devices(name)
-    compile_for = lambda data, model, cfg, micro: compile_step(
-        cfg, tx, devices, topology, data, model, settings["batch_size"], settings["task_feature_lengths"], micro,
-        settings["z_loss"], settings["loss_normalizing_factor"])
+    compile_for = lambda data_ways, model, cfg, micro: compile_step(
+        cfg, tx, devices, topology, data_ways, model, data.batch_size, lengths, micro, step.z_loss,
+        step.loss_normalizing_factor)
     if not auto:
-      data, model = _gin_mesh(len(devices))
-      result = compile_for(data, model, config, settings["num_microbatches"])
+      data_ways, model = _gin_mesh(len(devices))
+      result = compile_for(data_ways, model, config, step.num_microbatches)
     else:
       result, budget = None, 0.75 * topology.hbm_gib * GIB
-      for model, remat, over_data, micro in candidates(len(devices), settings["batch_size"]):
+      for model, remat, over_data, micro in candidates(len(devices), data.batch_size):
         gin.bind_parameter("logical_axis_rules.parameters_over_data", over_data)
         tried = compile_for(len(devices) // model, model, dataclasses.replace(config, remat=remat), micro)
         log_fn(f"  tried data={tried.data} x model={model}, remat={remat}, parameters over data={over_data}, "
@@ -288,14 +283,14 @@ def plan(topology_names: list[str], auto: bool = False, log_fn=print) -> list[Pl
       else:
         log_fn(f"  no setting fits within 75% of HBM; showing the first {'that fits' if result.fits else 'tried'}")
       gin.bind_parameter("logical_axis_rules.parameters_over_data", result.parameters_over_data)
-    for line in result.lines(settings["batch_size"]):
+    for line in result.lines(data.batch_size):
       log_fn(line)
     results.append(result)
-    decode_batch = -(-settings["eval_batch_size"] // result.data) * result.data
+    decode_batch = -(-evaluation.batch_size // result.data) * result.data
     decode = compile_decode(config, devices, topology, result.data, result.model, decode_batch,
-                            settings["task_feature_lengths"])
-    log_fn(f"  decode (infer/eval, greedy, batch {decode_batch}, {settings['task_feature_lengths']['inputs']} in, "
-           f"up to {settings['task_feature_lengths']['targets']} new): " +
+                            lengths)
+    log_fn(f"  decode (infer/eval, greedy, batch {decode_batch}, {lengths['inputs']} in, "
+           f"up to {lengths['targets']} new): " +
            (f"{decode.total / GIB:.2f} GiB per chip ({decode.total / (topology.hbm_gib * GIB):.0%}), "
             f"{decode.flops / 1e9:,.1f} GFLOPs per chip for the whole decode" if decode.error is None
             else f"does not fit: {decode.error}"))

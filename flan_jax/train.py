@@ -17,10 +17,12 @@ import gin
 import jax
 import numpy as np
 
-from flan_jax import checkpoints, evaluation, logs, partitioning, preemption, t5x, trainer
+from flan_jax import checkpoints, logs, partitioning, preemption, t5x, trainer
+from flan_jax import evaluation as evaluation_lib
 from flan_jax.data import pipeline, registration
 from flan_jax.errors import UserError
 from flan_jax.models import T5Config
+from flan_jax.settings import CheckpointConfig, DatasetConfig, EvalConfig, StepConfig
 from flan_jax.models.config import LORA_FIELDS, RUNTIME_ONLY_FIELDS
 from flan_jax.optim import adafactor
 from flan_jax.vocab import check_fits, fingerprint
@@ -50,43 +52,16 @@ def resolve_model_config(checkpoint_config: T5Config | None) -> T5Config:
   return dataclasses.replace(checkpoint_config, **{k: getattr(gin_config, k) for k in RUNTIME_FIELDS})
 
 
-def _check_settings(s: dict) -> None:
-  """Bad settings end the run with one line before anything is read or written."""
-  def need(ok, message):
-    if not ok:
-      raise UserError(message)
-
-  def integer(name, low):
-    value = s[name]
-    need(isinstance(value, int) and not isinstance(value, bool) and value >= low,
-         f"train.{name} must be an integer >= {low}, got {value!r}")
-
-  need(isinstance(s["model_dir"], str) and s["model_dir"], f"MODEL_DIR must be a path, got {s['model_dir']!r}")
-  need("://" in s["model_dir"] or not os.path.isfile(s["model_dir"]),
-       f"MODEL_DIR {s['model_dir']} is an existing file, not a directory")
-  integer("train_steps", 0)
-  integer("batch_size", 1)
-  integer("num_microbatches", 1)
-  integer("checkpoint_period", 1)
-  integer("keep_checkpoints", 1)
-  integer("eval_period", 0)
-  integer("eval_batch_size", 1)
-  integer("eval_max_examples", 0)
-  lengths = s["task_feature_lengths"]
-  need(isinstance(lengths, dict) and set(lengths) >= {"inputs", "targets"} and
-       all(isinstance(v, int) and v > 0 for v in lengths.values()),
-       f"TASK_FEATURE_LENGTHS must map 'inputs' and 'targets' to positive integers, got {lengths!r}")
-  need(s["z_loss"] >= 0, f"train.z_loss must be >= 0, got {s['z_loss']}")
-  need(s["loss_normalizing_factor"] is None or s["loss_normalizing_factor"] > 0,
-       f"LOSS_NORMALIZING_FACTOR must be None or > 0, got {s['loss_normalizing_factor']}")
-  need(s["log_period_seconds"] >= 0, f"train.log_period_seconds must be >= 0, got {s['log_period_seconds']}")
-  need(s["preemption_deadline_seconds"] > 0,
-       f"train.preemption_deadline_seconds must be > 0, got {s['preemption_deadline_seconds']}")
-  need(s["best_mode"] in ("max", "min"), f"train.best_mode must be 'max' or 'min', got {s['best_mode']!r}")
-  need(not s["best_metric"] or (s["eval_tasks"] and s["eval_period"]),
-       "train.best_metric needs EVAL_TASKS and an EVAL_PERIOD > 0")
-  path = s["initial_checkpoint_path"]
-  need(not path or "://" in path or os.path.exists(path), f"INITIAL_CHECKPOINT_PATH {path} does not exist")
+def _check_run(model_dir, train_steps: int, log_period_seconds: float) -> None:
+  """train()'s own arguments: one line before anything is read or written."""
+  if not (isinstance(model_dir, str) and model_dir):
+    raise UserError(f"MODEL_DIR must be a path, got {model_dir!r}")
+  if "://" not in model_dir and os.path.isfile(model_dir):
+    raise UserError(f"MODEL_DIR {model_dir} is an existing file, not a directory")
+  if not (isinstance(train_steps, int) and not isinstance(train_steps, bool) and train_steps >= 0):
+    raise UserError(f"TRAIN_STEPS must be an integer >= 0, got {train_steps!r}")
+  if not log_period_seconds >= 0:
+    raise UserError(f"train.log_period_seconds must be >= 0, got {log_period_seconds}")
 
 
 def _initial_meta(path: str):
@@ -103,178 +78,245 @@ def _existing_checkpoint(directory: str):
     return None
 
 
-@gin.configurable
-def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
-          mixture_or_task_module: str | None = None, task_feature_lengths: dict = gin.REQUIRED,
-          train_steps: int = gin.REQUIRED, batch_size: int = gin.REQUIRED, random_seed: int = 0,
-          initial_checkpoint_path: str | None = None, pack: bool = True, shuffle: bool = True,
-          z_loss: float = 1e-4,
-          loss_normalizing_factor: float | None = None, num_microbatches: int = 1,
-          checkpoint_period: int = 1000, keep_checkpoints: int = 3, eval_period: int = 0,
-          eval_tasks: tuple = (), eval_split: str = "validation", eval_batch_size: int = 32,
-          eval_max_examples: int = 100,
-          best_metric: str | None = None, best_mode: str = "max", log_period_seconds: float = 5.0,
-          preemption_deadline_seconds: float = 120.0, log_fn=print) -> dict:
-  """Train; returns the last logged metrics (and the last eval, if any).
-
-  On SIGTERM, saves the step every process agrees on and raises preemption.Preempted (flan_jax/preemption.py);
-  a second SIGTERM or `preemption_deadline_seconds` after the first ends the process without a new save."""
-  started = time.time()
-  _check_settings(locals())
-  # First, so that every process of a run meets a mesh that cannot be laid out at the same point, before the
-  # task modules (their import takes each process its own time) are read.
-  mesh = partitioning.make_mesh()
-  registration.import_task_modules([mixture_or_task_module])
-  provider = registration.get_provider(mixture_or_task_name)
-  vocabulary = provider.output_features["targets"].vocabulary
-  for task in eval_tasks:
+def _load_tasks(data: DatasetConfig, evaluation: EvalConfig):
+  """Registers the tasks (importing `data.module` first); returns the training data's vocabulary."""
+  registration.import_task_modules([data.module])
+  provider = registration.get_provider(data.mixture_or_task_name)
+  for task in evaluation.tasks:
     registration.get_provider(task)
+  return provider.output_features["targets"].vocabulary
 
-  ckpt_dir = os.path.join(model_dir, "checkpoints")
-  resume = _existing_checkpoint(ckpt_dir)
-  if resume and resume[1] >= train_steps:  # a launcher's rerun of a finished run: no restore, no compilation
-    log_fn(f"nothing to do: {ckpt_dir} already holds step {resume[1]} of TRAIN_STEPS={train_steps}")
-    return {}
-  initial = _initial_meta(initial_checkpoint_path) if initial_checkpoint_path and not resume else None
+
+@dataclasses.dataclass
+class Start:
+  """Where a run starts: the model, and the checkpoint it resumes (`resume`: root, step, meta) or is initialised
+  from (`initial_path`), if any; `lora_base` is the frozen base of LoRA adapters."""
+  config: T5Config
+  resume: tuple | None
+  initial_path: str | None
+  lora_base: str | None
+  vocab_id: str
+
+
+def _starting_point(resume, initial_path: str | None, data: DatasetConfig, vocabulary) -> Start:
+  """The model config from the checkpoint the run resumes or starts from (else gin), checked against it."""
+  initial = _initial_meta(initial_path) if initial_path and not resume else None
   source_meta = (resume or initial or (None, None, None))[2]
   config = resolve_model_config(checkpoints.model_config(source_meta) if source_meta else None)
   if resume:
     diff = config.architecture_diff(checkpoints.model_config(resume[2]))
     if diff:
-      raise UserError(f"{ckpt_dir} holds a checkpoint of a different model: {'; '.join(diff)}")
-  lora_base = (resume[2].get("lora_base") if resume else initial_checkpoint_path) if config.lora_rank else None
+      raise UserError(f"{resume[0]} holds a checkpoint of a different model: {'; '.join(diff)}")
+  lora_base = (resume[2].get("lora_base") if resume else initial_path) if config.lora_rank else None
   if config.lora_rank and not lora_base:
     raise UserError("LoRA trains adapters on a pretrained base: set INITIAL_CHECKPOINT_PATH")
   check_fits(vocabulary, config.vocab_size)
   vocab_id = fingerprint(vocabulary)
   if source_meta and source_meta.get("vocabulary_fingerprint") not in (None, vocab_id):
     raise UserError(f"vocab mismatch: the checkpoint was trained with {source_meta['vocabulary_fingerprint']}, "
-                    f"{mixture_or_task_name} uses {vocab_id}")
+                    f"{data.mixture_or_task_name} uses {vocab_id}")
+  return Start(config, resume, initial_path if initial else None, lora_base, vocab_id)
 
-  layout = partitioning.data_layout(mesh, batch_size)
-  if batch_size % (num_microbatches * mesh.shape["data"]):
-    raise UserError(f"BATCH_SIZE={batch_size} must split into {num_microbatches} microbatches of a multiple of "
-                    f"the data-parallel size {mesh.shape['data']}")
+
+def _restore_or_initialise(start: Start, tx, shardings, rng, data: DatasetConfig, log_fn) -> trainer.TrainState:
+  """The state to train from: the resumed checkpoint's, the initial checkpoint's parameters, or new ones."""
+  config = start.config
+  frozen = t5x.restore_params(start.lora_base, shardings.frozen_target()) if config.lora_rank else None
+  if start.resume:
+    root, step, meta = start.resume
+    abstract_params, abstract_opt = shardings.restore_targets()
+    params, opt_state, _, step = checkpoints.restore(os.path.join(root, str(step)), abstract_params, abstract_opt)
+    log_fn(f"resumed from {root}/{step}")
+    _warn_if_data_changed(meta, data, log_fn)
+    return trainer.init_state(config, tx, shardings, rng, params, opt_state, step, frozen)
+  if start.initial_path and not config.lora_rank:
+    params = t5x.restore_params(start.initial_path, shardings.restore_targets()[0])
+    log_fn(f"initialised from {start.initial_path}")
+    return trainer.init_state(config, tx, shardings, rng, params)
+  if frozen is not None:
+    log_fn(f"LoRA rank {config.lora_rank} on {', '.join(config.lora_targets)} over the frozen base {start.lora_base}")
+  return trainer.init_state(config, tx, shardings, rng, frozen=frozen)
+
+
+@gin.configurable
+def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, data: DatasetConfig | None = None,
+          step: StepConfig | None = None, evaluation: EvalConfig | None = None,
+          checkpoint: CheckpointConfig | None = None, log_period_seconds: float = 5.0, log_fn=print) -> dict:
+  """Train; returns the last logged metrics (and the last eval, if any).
+
+  Args:
+    model_dir: where checkpoints/, best/, the logs and the loss curve go (local or gs://); a rerun resumes there.
+    train_steps: the step to stop at; a resumed run goes on to it, a finished one does nothing.
+    data, step, evaluation, checkpoint: the settings (flan_jax/settings.py); each left None is built from gin.
+    log_period_seconds: seconds between progress lines.
+    log_fn: where progress lines go.
+
+  On SIGTERM, saves the step every process agrees on and raises preemption.Preempted (flan_jax/preemption.py);
+  a second SIGTERM or `preemption_deadline_seconds` after the first ends the process without a new save."""
+  started = time.time()
+  _check_run(model_dir, train_steps, log_period_seconds)
+  data, step = data or DatasetConfig(), step or StepConfig()
+  evaluation, checkpoint = evaluation or EvalConfig(), checkpoint or CheckpointConfig()
+  if data.mixture_or_task_name is None:
+    raise UserError("MIXTURE_OR_TASK_NAME is not set (--gin.MIXTURE_OR_TASK_NAME='...')")
+  # First, so that every process of a run meets a mesh that cannot be laid out at the same point, before the
+  # task modules (their import takes each process its own time) are read.
+  mesh = partitioning.make_mesh()
+  vocabulary = _load_tasks(data, evaluation)
+  ckpt_dir = os.path.join(model_dir, "checkpoints")
+  resume = _existing_checkpoint(ckpt_dir)
+  if resume and resume[1] >= train_steps:  # a launcher's rerun of a finished run: no restore, no compilation
+    log_fn(f"nothing to do: {ckpt_dir} already holds step {resume[1]} of TRAIN_STEPS={train_steps}")
+    return {}
+  start = _starting_point(resume, checkpoint.initial_checkpoint_path, data, vocabulary)
+  layout = partitioning.data_layout(mesh, data.batch_size)
+  if data.batch_size % (step.num_microbatches * mesh.shape["data"]):
+    raise UserError(f"BATCH_SIZE={data.batch_size} must split into {step.num_microbatches} microbatches of a "
+                    f"multiple of the data-parallel size {mesh.shape['data']}")
   tx = adafactor()
-  shardings = trainer.Shardings(config, tx, mesh)
-  rng = jax.random.key(random_seed)
-  init_rng, dropout_key = jax.random.split(rng)
-
-  watch = preemption.Watch(preemption_deadline_seconds, resume[1] if resume else 0, log_fn)
+  shardings = trainer.Shardings(start.config, tx, mesh)
+  init_rng, dropout_key = jax.random.split(jax.random.key(data.seed))
+  watch = preemption.Watch(checkpoint.preemption_deadline_seconds, resume[1] if resume else 0, log_fn)
   with jax.set_mesh(mesh), partitioning.axis_rules(), watch:
-    frozen = None
-    if config.lora_rank:  # the frozen base of the adapters
-      frozen = t5x.restore_params(lora_base, shardings.frozen_target())
-    if resume:
-      root, step, _ = resume
-      abstract_params, abstract_opt = shardings.restore_targets()
-      params, opt_state, _, step = checkpoints.restore(os.path.join(root, str(step)), abstract_params, abstract_opt)
-      state = trainer.init_state(config, tx, shardings, init_rng, params, opt_state, step, frozen)
-      log_fn(f"resumed from {root}/{step}")
-      _warn_if_data_changed(resume[2], mixture_or_task_name, task_feature_lengths, batch_size, random_seed, log_fn)
-    elif initial and not config.lora_rank:
-      params = t5x.restore_params(initial_checkpoint_path, shardings.restore_targets()[0])
-      state = trainer.init_state(config, tx, shardings, init_rng, params)
-      log_fn(f"initialised from {initial_checkpoint_path}")
-    else:
-      state = trainer.init_state(config, tx, shardings, init_rng, frozen=frozen)
-      if frozen is not None:
-        log_fn(f"LoRA rank {config.lora_rank} on {', '.join(config.lora_targets)} over the frozen base {lora_base}")
-    start_step = int(state.step)
-    log_fn(f"mesh data={mesh.shape['data']} model={mesh.shape['model']} over {mesh.size} of "
-           f"{jax.device_count()} devices; {sum(x.size for x in jax.tree.leaves(shardings.abstract_params)):,} "
-           f"parameters; data shard {layout.shard_index} of {layout.num_shards}, {layout.rows} rows a step "
-           f"from this process; sharding: " + ", ".join(
-               f"{'/'.join(path)} {_get(state.full_params(), path).sharding.spec}" for path in SHOWN_PARAMS
-               if _get(state.full_params(), path) is not None))
+    state = _restore_or_initialise(start, tx, shardings, init_rng, data, log_fn)
+    log_fn(_layout_line(mesh, shardings, layout, state))
+    meta = _meta(start, vocabulary, data, layout)
+    loop = Loop(model_dir, train_steps, int(state.step), evaluation, checkpoint, meta, watch, log_period_seconds,
+                log_fn)
+    ds = pipeline.get_dataset(data.mixture_or_task_name, "train", data.task_feature_lengths, seed=data.seed,
+                              pack=data.pack, shuffle=data.shuffle, shard_info=layout.shard_info,
+                              batch_size=layout.rows)
+    iterator = _input_at(ds, loop.start_step, resume, meta["data"], log_fn)
+    step_fn = trainer.jit_train_step(trainer.make_train_step(
+        start.config, tx, step.z_loss, step.loss_normalizing_factor, step.num_microbatches), shardings)
+    eval_fn = evaluation_lib.make_train_evaluator(
+        start.config, shardings, evaluation.tasks, evaluation.split, data.task_feature_lengths,
+        evaluation.batch_size, evaluation.max_examples, vocabulary)
+    loop.run(state, step_fn, eval_fn, iterator, layout, mesh, dropout_key, data.mixture_or_task_name)
+  if jax.process_index() == 0:
+    for line in loop.summary(time.time() - started):
+      log_fn(line)
+  return {**loop.progress.last_metrics, **loop.last}
 
-    meta = {"model_config": config.to_dict(), "vocabulary": _vocab_path(vocabulary),
-            "vocabulary_fingerprint": vocab_id, **({"lora_base": checkpoints.absolute(lora_base)} if lora_base else {}),
-            "data": {"mixture_or_task_name": mixture_or_task_name, "task_feature_lengths": dict(task_feature_lengths),
-                     "batch_size": batch_size, "random_seed": random_seed, "pack": pack, "shuffle": shuffle,
-                     "shards": [layout.shard_index, layout.num_shards], "processes": jax.process_count()}}
-    ds = pipeline.get_dataset(mixture_or_task_name, "train", task_feature_lengths, seed=random_seed, pack=pack,
-                              shuffle=shuffle, shard_info=layout.shard_info, batch_size=layout.rows)
-    iterator = _input_at(ds, start_step, resume, meta["data"], log_fn)
+
+def _layout_line(mesh, shardings, layout, state) -> str:
+  params = state.full_params()
+  return (f"mesh data={mesh.shape['data']} model={mesh.shape['model']} over {mesh.size} of {jax.device_count()} "
+          f"devices; {sum(x.size for x in jax.tree.leaves(shardings.abstract_params)):,} parameters; data shard "
+          f"{layout.shard_index} of {layout.num_shards}, {layout.rows} rows a step from this process; sharding: " +
+          ", ".join(f"{'/'.join(path)} {_get(params, path).sharding.spec}" for path in SHOWN_PARAMS
+                    if _get(params, path) is not None))
+
+
+def _meta(start: Start, vocabulary, data: DatasetConfig, layout) -> dict:
+  """What each checkpoint records beside the arrays: the model, the vocabulary and the data stream's settings."""
+  return {"model_config": start.config.to_dict(), "vocabulary": _vocab_path(vocabulary),
+          "vocabulary_fingerprint": start.vocab_id,
+          **({"lora_base": checkpoints.absolute(start.lora_base)} if start.lora_base else {}),
+          "data": {"mixture_or_task_name": data.mixture_or_task_name,
+                   "task_feature_lengths": dict(data.task_feature_lengths), "batch_size": data.batch_size,
+                   "random_seed": data.seed, "pack": data.pack, "shuffle": data.shuffle,
+                   "shards": [layout.shard_index, layout.num_shards], "processes": jax.process_count()}}
+
+
+class Loop:
+  """The steps from `start_step` to `train_steps`, each followed by maybe_log, maybe_evaluate and maybe_save.
+
+  A step's metrics stay on the device (`pending`) until a line, an eval or a save is due, so that reading the next
+  batch overlaps the step. On preemption every process stops at the same step: the eval is skipped and the save is
+  waited for."""
+
+  def __init__(self, model_dir, train_steps, start_step, evaluation: EvalConfig, checkpoint: CheckpointConfig,
+               meta, watch, log_period_seconds, log_fn):
+    self.model_dir, self.train_steps, self.start_step = model_dir, train_steps, start_step
+    self.evaluation, self.checkpoint, self.meta, self.watch, self.log_fn = evaluation, checkpoint, meta, watch, log_fn
+    self.ckpt_dir = os.path.join(model_dir, "checkpoints")
+    self.progress = logs.Progress(start_step, train_steps, log_period_seconds, log_fn)
+    self.pending = []  # (step, tokens, metrics still on the device)
+    self.last, self.last_eval = {}, {}
+
+  def run(self, state, step_fn, eval_fn, iterator, layout, mesh, dropout_key, data_name):
+    self.last_mngr = checkpoints.manager(self.ckpt_dir, max_to_keep=self.checkpoint.keep, async_save=True)
+    best_metric = self.evaluation.best_metric
+    self.best_mngr = checkpoints.manager(os.path.join(self.model_dir, "best"), max_to_keep=1, async_save=True,
+                                         best_metric=best_metric, best_mode=self.evaluation.best_mode) \
+        if best_metric else None
+    self.writer = logs.MetricWriter(self.model_dir, self.start_step)
     batches = pipeline.iterate(iterator)
-
-    step_fn = trainer.jit_train_step(
-        trainer.make_train_step(config, tx, z_loss, loss_normalizing_factor, num_microbatches), shardings)
-    eval_fn = evaluation.make_train_evaluator(config, shardings, eval_tasks, eval_split, task_feature_lengths,
-                                              eval_batch_size, eval_max_examples, vocabulary)
-    last_mngr = checkpoints.manager(ckpt_dir, max_to_keep=keep_checkpoints, async_save=True)
-    best_mngr = checkpoints.manager(os.path.join(model_dir, "best"), max_to_keep=1, best_metric=best_metric,
-                                    best_mode=best_mode, async_save=True) if best_metric else None
-    writer = logs.MetricWriter(model_dir, start_step)
-    progress = logs.Progress(start_step, train_steps, log_period_seconds, log_fn)
-    last, last_eval = {}, {}
-    pending = []  # (step, tokens, metrics still on the device): fetched when a line, an eval or a save is due
-
-    def check_pending():
-      """Fetch the pending steps' metrics (this waits for the device), stop at the first non-finite one, log."""
-      nonlocal last
-      fetched = jax.device_get([m for _, _, m in pending])
-      for i, ((done, tokens, _), metrics) in enumerate(zip(pending, fetched)):
-        metrics = {k: float(v) for k, v in metrics.items()}
-        problem = (f"loss is {metrics['loss']}" if not math.isfinite(metrics["loss"]) else
-                   "the update made the parameters NaN or Inf" if not metrics.pop("params_finite") else None)
-        if problem:
-          last_mngr.wait_until_finished()
-          raise TrainingDiverged(f"{problem} at step {done}; training stopped, the last good checkpoint is "
-                                 f"kept ({_latest(last_mngr)})")
-        logged = progress.update(done, metrics, tokens, log=i == len(pending) - 1)
-        if logged:
-          last = logged
-          writer.write(done, {f"train/{k}": v for k, v in logged.items()})
-      pending.clear()
-
     try:
-      for step in range(start_step, train_steps):
+      for step in range(self.start_step, self.train_steps):
         try:
           local = next(batches)  # read while the previous step still runs on the device
         except StopIteration:
-          raise UserError(f"{mixture_or_task_name} ran out of data at step {step}") from None
-        tokens = int(np.count_nonzero(local["encoder_input_tokens"]) + np.count_nonzero(local["decoder_target_tokens"]))
+          raise UserError(f"{data_name} ran out of data at step {step}") from None
+        tokens = int(np.count_nonzero(local["encoder_input_tokens"]) +
+                     np.count_nonzero(local["decoder_target_tokens"]))
         state, metrics = step_fn(state, partitioning.global_batch(local, mesh, layout), dropout_key)
         done = step + 1
-        pending.append((done, tokens * layout.num_shards, metrics))
-        # Every process stops at the same step: the eval is skipped, the save is waited for.
-        preempted = watch.reached(done) and done < train_steps
-        evaluate_now = bool(eval_fn and eval_period and (done % eval_period == 0 or done == train_steps)) and \
-            not preempted
-        save_now = done % checkpoint_period == 0 or done == train_steps or preempted
-        if evaluate_now or save_now or progress.due(done):
-          check_pending()
+        self.pending.append((done, tokens * layout.num_shards, metrics))
+        preempted = self.watch.reached(done) and done < self.train_steps
+        evaluate_now = bool(eval_fn) and self._eval_due(done) and not preempted
+        save_now = done % self.checkpoint.period == 0 or done == self.train_steps or preempted
+        self.maybe_log(done, force=evaluate_now or save_now)
         if evaluate_now:
-          eval_started = time.time()
-          evaluated = eval_fn(state.full_params())
-          progress.exclude(time.time() - eval_started)
-          writer.write(done, evaluated)
-          log_fn(logs.format_metrics(done, evaluated))
-          if best_mngr is not None:
-            if best_metric not in evaluated:
-              raise UserError(f"best_metric {best_metric!r} is not among the eval metrics {sorted(evaluated)}")
-            checkpoints.save(best_mngr, done, state.params, meta, metrics=evaluated, wait=False)
-          last, last_eval = {**last, **evaluated}, evaluated
+          self.evaluate(done, state, eval_fn)
         if save_now:
-          step_meta = {**meta, "data": {**meta["data"], "batches_consumed": done}}
-          checkpoints.save(last_mngr, done, state.params, step_meta, opt_state=state.opt_state, wait=preempted,
-                           data_iterator=iterator)
+          self.save(done, state, iterator, wait=preempted)
         if preempted:
-          raise preemption.Preempted(f"preempted: step {done} saved in {ckpt_dir}, "
-                                     f"{time.time() - watch.started_at:.1f}s after the notice; run the same command "
-                                     f"again to resume")
+          raise preemption.Preempted(f"preempted: step {done} saved in {self.ckpt_dir}, "
+                                     f"{time.time() - self.watch.started_at:.1f}s after the notice; run the same "
+                                     f"command again to resume")
     finally:
-      writer.close()
-      last_mngr.close()  # waits for a save still being written
-      if best_mngr is not None:
-        best_mngr.close()
-    if jax.process_index() == 0:
-      curve = logs.plot_loss_curve(model_dir)
-      for line in _summary(model_dir, start_step, train_steps, time.time() - started, progress.last_metrics,
-                           last_eval, curve, best_mngr is not None):
-        log_fn(line)
-  return {**progress.last_metrics, **last}
+      self.writer.close()
+      self.last_mngr.close()  # waits for a save still being written
+      if self.best_mngr is not None:
+        self.best_mngr.close()
+
+  def _eval_due(self, done: int) -> bool:
+    period = self.evaluation.period
+    return bool(period) and (done % period == 0 or done == self.train_steps)
+
+  def maybe_log(self, done: int, force: bool) -> None:
+    """Fetch the pending steps' metrics when due (this waits for the device), stop at the first non-finite one."""
+    if not (force or self.progress.due(done)):
+      return
+    fetched = jax.device_get([m for _, _, m in self.pending])
+    for i, ((step, tokens, _), metrics) in enumerate(zip(self.pending, fetched)):
+      metrics = {k: float(v) for k, v in metrics.items()}
+      problem = (f"loss is {metrics['loss']}" if not math.isfinite(metrics["loss"]) else
+                 "the update made the parameters NaN or Inf" if not metrics.pop("params_finite") else None)
+      if problem:
+        self.last_mngr.wait_until_finished()
+        raise TrainingDiverged(f"{problem} at step {step}; training stopped, the last good checkpoint is kept "
+                               f"({_latest(self.last_mngr)})")
+      logged = self.progress.update(step, metrics, tokens, log=i == len(self.pending) - 1)
+      if logged:
+        self.last = logged
+        self.writer.write(step, {f"train/{k}": v for k, v in logged.items()})
+    self.pending.clear()
+
+  def evaluate(self, done: int, state, eval_fn) -> None:
+    eval_started = time.time()
+    evaluated = eval_fn(state.full_params())
+    self.progress.exclude(time.time() - eval_started)
+    self.writer.write(done, evaluated)
+    self.log_fn(logs.format_metrics(done, evaluated))
+    if self.best_mngr is not None:
+      if self.evaluation.best_metric not in evaluated:
+        raise UserError(f"best_metric {self.evaluation.best_metric!r} is not among the eval metrics "
+                        f"{sorted(evaluated)}")
+      checkpoints.save(self.best_mngr, done, state.params, self.meta, metrics=evaluated, wait=False)
+    self.last, self.last_eval = {**self.last, **evaluated}, evaluated
+
+  def save(self, done: int, state, iterator, wait: bool) -> None:
+    step_meta = {**self.meta, "data": {**self.meta["data"], "batches_consumed": done}}
+    checkpoints.save(self.last_mngr, done, state.params, step_meta, opt_state=state.opt_state, wait=wait,
+                     data_iterator=iterator)
+
+  def summary(self, seconds: float) -> list[str]:
+    curve = logs.plot_loss_curve(self.model_dir)
+    return _summary(self.model_dir, self.start_step, self.train_steps, seconds, self.progress.last_metrics,
+                    self.last_eval, curve, self.best_mngr is not None)
 
 
 def _summary(model_dir, start_step, train_steps, seconds, metrics, evaluated, curve, has_best) -> list[str]:
@@ -351,10 +393,10 @@ def _input_at(ds, start_step: int, resume, data: dict, log_fn):
   return iter(ds.skip(start_step))
 
 
-def _warn_if_data_changed(meta, name, lengths, batch_size, seed, log_fn):
+def _warn_if_data_changed(meta, data: DatasetConfig, log_fn):
   saved = meta.get("data", {})
-  now = {"mixture_or_task_name": name, "task_feature_lengths": dict(lengths), "batch_size": batch_size,
-         "random_seed": seed}
+  now = {"mixture_or_task_name": data.mixture_or_task_name, "task_feature_lengths": dict(data.task_feature_lengths),
+         "batch_size": data.batch_size, "random_seed": data.seed}
   changed = [f"{k}: {saved.get(k)} -> {v}" for k, v in now.items() if k in saved and saved[k] != v]
   if changed:
     log_fn("WARNING: data settings changed since the checkpoint, so the resumed data stream is not the "

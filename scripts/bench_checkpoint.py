@@ -18,7 +18,7 @@ from flan_jax import gin_utils, hugepages, train
 def run(model_dir, size, steps, period, inputs, targets):
   gin_utils.parse(["runs/demo.gin", f"models/{size}.gin"], [
       f"MODEL_DIR = '{model_dir}'", f"TRAIN_STEPS = {steps}", "BATCH_SIZE = 8", "EVAL_TASKS = []",
-      f"TASK_FEATURE_LENGTHS = {{'inputs': {inputs}, 'targets': {targets}}}", f"train.checkpoint_period = {period}",
+      f"TASK_FEATURE_LENGTHS = {{'inputs': {inputs}, 'targets': {targets}}}", f"CheckpointConfig.period = {period}",
       "train.log_period_seconds = 5.0", "LEARNING_RATE = 5e-4"])
   logged = []  # (time, step) of each progress line
 

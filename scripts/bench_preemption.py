@@ -25,7 +25,7 @@ def command(model_dir, lengths, batch):
   return [FLAN_JAX, "train", "--gin_file=runs/demo.gin", "--gin_file=models/small.gin",
           f"--gin.MODEL_DIR='{model_dir}'", "--gin.TRAIN_STEPS=100000", f"--gin.BATCH_SIZE={batch}",
           f"--gin.TASK_FEATURE_LENGTHS={{'inputs': {inputs}, 'targets': {targets}}}", "--gin.EVAL_TASKS=[]",
-          "--gin.train.checkpoint_period=100000", "--gin.train.log_period_seconds=0"]
+          "--gin.CheckpointConfig.period=100000", "--gin.train.log_period_seconds=0"]
 
 
 def run_until(cmd, pattern, env):

@@ -5,7 +5,7 @@
     .venv/bin/python scripts/plan_memory.py --size xxl --mesh 4x16 --device_gib 16
 
 Activations come on top: they scale with the per-device batch and the sequence lengths (use
-T5Config.remat = True, gradient accumulation with train.num_microbatches, and bfloat16 activations to cut them).
+T5Config.remat = True, gradient accumulation with StepConfig.num_microbatches, and bfloat16 activations to cut them).
 """
 
 import argparse

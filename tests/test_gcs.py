@@ -38,9 +38,9 @@ def _wait_for_gcs(path, proc, timeout=300):
 
 def test_train_on_gcs_resumes_exactly_keeps_k_and_writes_its_logs(gcs, tmp_path):
   local, remote = str(tmp_path / "local"), f"{BUCKET}/run"
-  common = ["--gin.train.checkpoint_period=2", "--gin.train.keep_checkpoints=2", "--gin.DROPOUT_RATE=0.1",
-            "--gin.EVAL_TASKS=['demo_held_in']", "--gin.EVAL_PERIOD=6", "--gin.train.eval_max_examples=4",
-            "--gin.train.best_metric='eval/demo_held_in/accuracy'"]
+  common = ["--gin.CheckpointConfig.period=2", "--gin.CheckpointConfig.keep=2", "--gin.DROPOUT_RATE=0.1",
+            "--gin.EVAL_TASKS=['demo_held_in']", "--gin.EVAL_PERIOD=6", "--gin.EvalConfig.max_examples=4",
+            "--gin.EvalConfig.best_metric='eval/demo_held_in/accuracy'"]
   run_in_process(local, 6, *common)
 
   # Killed mid-run, as a preempted VM; its TensorBoard staging folder (logs.MetricWriter) stays in tmp_path.

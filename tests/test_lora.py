@@ -37,7 +37,7 @@ def _train(model_dir, base_ckpt, steps, targets=("q", "v"), extra=()):
       f"MODEL_DIR = '{model_dir}'", "MIXTURE_OR_TASK_NAME = 'shared_nq_open'", f"TRAIN_STEPS = {steps}",
       "BATCH_SIZE = 4", "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}", "DROPOUT_RATE = 0.1",
       f"INITIAL_CHECKPOINT_PATH = '{base_ckpt}'", "LEARNING_RATE = 3e-2", "EVAL_TASKS = []",
-      "train.checkpoint_period = 2", "T5Config.lora_rank = 4", "T5Config.lora_alpha = 16.0",
+      "CheckpointConfig.period = 2", "T5Config.lora_rank = 4", "T5Config.lora_alpha = 16.0",
       "T5Config.lora_dropout = 0.1", f"T5Config.lora_targets = {tuple(targets)!r}", *extra])
   train.train(log_fn=lambda line: None)
   return os.path.join(model_dir, "checkpoints")

@@ -40,9 +40,9 @@ def test_two_processes_equal_one_process(tmp_path, monkeypatch):
       "from flan_jax.vocab import byte_vocabulary\n"
       "rows = [{'inputs': f'say {i}', 'targets': str(i)} for i in range(20)]\n"
       "register_prompt_task('one_example', {'train': rows, 'validation': rows[:1]}, byte_vocabulary())\n")
-  same_data = ["--gin.MIXTURE_OR_TASK_NAME='demo_held_in'", "--gin.train.pack=False",
-               "--gin.train.shuffle=False", "--gin.MIXTURE_OR_TASK_MODULE='one_example_tasks'",
-               "--gin.EVAL_TASKS=['one_example']", "--gin.EVAL_PERIOD=3", "--gin.train.eval_batch_size=4"]
+  same_data = ["--gin.MIXTURE_OR_TASK_NAME='demo_held_in'", "--gin.DatasetConfig.pack=False",
+               "--gin.DatasetConfig.shuffle=False", "--gin.MIXTURE_OR_TASK_MODULE='one_example_tasks'",
+               "--gin.EVAL_TASKS=['one_example']", "--gin.EVAL_PERIOD=3", "--gin.EvalConfig.batch_size=4"]
   monkeypatch.chdir(tmp_path)
   run_in_process(str(tmp_path / "single"), 3, *same_data, "--gin.make_mesh.data_parallel=1")
   codes, outputs = _two_processes(tmp_path / "multi", 3, *same_data, "--gin.make_mesh.data_parallel=4", cwd=tmp_path)
@@ -107,7 +107,7 @@ def test_sigterm_to_one_process_saves_the_same_step_in_both(two_by_two, tmp_path
   test_train.)"""
   model_dir = tmp_path / "run"
   codes, outputs = _two_processes(model_dir, 4, *MESHES["2x2_model_across_processes"],
-                                  "--gin.train.checkpoint_period=1", env_1={"SIGNAL_AT_STEP": "1:TERM"})
+                                  "--gin.CheckpointConfig.period=1", env_1={"SIGNAL_AT_STEP": "1:TERM"})
   assert codes == [preemption.EXIT_CODE] * 2, outputs
   steps = [re.findall(rf"flan-jax: preempted: step (\d) saved in {model_dir}/checkpoints, ", out) for out in outputs]
   assert steps[0] == steps[1] and steps[0][0] in ("2", "3"), [out[-1500:] for out in outputs]

@@ -15,6 +15,7 @@ from flan_jax.errors import UserError
 from flan_jax.models import T5Config, t5
 from flan_jax.models.t5 import abstract_variables
 from flan_jax.optim import adafactor
+from flan_jax.settings import DatasetConfig, EvalConfig, StepConfig
 
 # Dimensions that are multiples of 128, so TPU tile padding adds next to nothing to the per-chip sizes. One decoder
 # layer: libtpu's compile time grows with the layers (2+2 took 14-16 s, 2+1 9 s; with 1+1 XLA reports no
@@ -238,19 +239,19 @@ def test_flan_t5_preset_binds_table_22_and_its_mesh(size):
   import gin
   steps, topology, (data, model), remat, microbatches, over_data = PRESETS[size]
   _preset(size)
-  bound = gin.get_bindings("train")
-  assert bound["train_steps"] == steps and bound["batch_size"] == 64
-  assert bound["task_feature_lengths"] == {"inputs": 2048, "targets": 512} and bound["pack"] is True
-  assert bound["z_loss"] == 1e-4 and bound["mixture_or_task_name"] == "flan2022"
+  data_cfg, step_cfg, eval_cfg = DatasetConfig(), StepConfig(), EvalConfig()  # as train() and plan build them
+  assert gin.get_bindings("train")["train_steps"] == steps and data_cfg.batch_size == 64
+  assert data_cfg.task_feature_lengths == {"inputs": 2048, "targets": 512} and data_cfg.pack is True
+  assert step_cfg.z_loss == 1e-4 and data_cfg.mixture_or_task_name == "flan2022"
   assert gin.get_bindings("adafactor") == {"learning_rate": 5e-4, "warmup_steps": 0}  # constant
   config = T5Config()
   assert config.dropout_rate == 0.05 and config.dtype == "bfloat16" and config.d_model == D_MODEL[size]
   # Held-out eval picks the best checkpoint; mixture names are evaluated task by task (evaluation.evaluate_task).
-  assert bound["eval_tasks"] == ["mmlu", "bbh_direct"] and bound["eval_split"] == "test"
-  assert bound["best_metric"] == "eval/average/accuracy" and bound["eval_period"] > 0 and bound["eval_max_examples"]
+  assert eval_cfg.tasks == ("mmlu", "bbh_direct") and eval_cfg.split == "test"
+  assert eval_cfg.best_metric == "eval/average/accuracy" and eval_cfg.period > 0 and eval_cfg.max_examples
   # The settings `flan-jax plan` found to fit the smallest slice (README, BENCHMARKS.md).
   assert plan._gin_mesh(CHIPS[topology]) == (data, model)
-  assert config.remat == remat and bound.get("num_microbatches", 1) == microbatches
+  assert config.remat == remat and step_cfg.num_microbatches == microbatches
   assert partitioning.logical_axis_rules() == partitioning.logical_axis_rules(over_data)
 
 
@@ -276,3 +277,45 @@ def test_flan_t5_preset_compiles_for_its_slice(size, capsys):
       f"{', parameters over data' if over_data else ''}; {rows} rows per host") in lines[0], lines[0]
   assert lines[1].endswith(": fits"), lines[1]
   assert "decode (infer/eval" in out.out and "does not fit" not in out.out
+
+
+class _Stop(Exception):
+  pass
+
+
+def test_plan_compiles_the_step_train_would_run(tmp_path, monkeypatch):
+  """plan and train() build the same settings objects from the same gin: the model, batch, lengths, microbatches and
+  loss settings plan compiles with are the ones train runs (each set away from its default here)."""
+  from flan_jax import gin_utils, train
+  from flan_jax.data import pipeline
+  gin_utils.parse(["runs/demo.gin"], [
+      f"MODEL_DIR = '{tmp_path / 'run'}'", "BATCH_SIZE = 16", "TASK_FEATURE_LENGTHS = {'inputs': 64, 'targets': 32}",
+      "StepConfig.num_microbatches = 2", "StepConfig.z_loss = 0.001", "LOSS_NORMALIZING_FACTOR = 1024.0",
+      "EVAL_TASKS = []", "make_mesh.data_parallel = 1"])
+  seen = {}
+
+  def plan_step(config, tx, devices, topology, data, model, batch_size, lengths, microbatches, z_loss,
+                loss_normalizing_factor):
+    seen["plan"] = (config, batch_size, lengths, microbatches, z_loss, loss_normalizing_factor)
+    raise _Stop
+
+  monkeypatch.setattr(plan, "compile_step", plan_step)
+  with pytest.raises(_Stop):
+    plan.plan(["v4-8"], log_fn=lambda line: None)
+
+  get_dataset = pipeline.get_dataset
+
+  def recording_get_dataset(name, split, lengths, **kwargs):
+    seen["train_data"] = (kwargs["batch_size"], lengths)
+    return get_dataset(name, split, lengths, **kwargs)
+
+  def train_step(config, tx, z_loss, loss_normalizing_factor, num_microbatches):
+    seen["train"] = (config, *seen["train_data"], num_microbatches, z_loss, loss_normalizing_factor)
+    raise _Stop
+
+  monkeypatch.setattr(pipeline, "get_dataset", recording_get_dataset)
+  monkeypatch.setattr(trainer, "make_train_step", train_step)
+  with pytest.raises(_Stop):
+    train.train(log_fn=lambda line: None)
+  assert seen["plan"] == seen["train"]
+  assert seen["plan"][1:] == (16, {"inputs": 64, "targets": 32}, 2, 0.001, 1024.0)

@@ -56,7 +56,7 @@ def two_steps(tmp_path_factory):
   """The base run for 2 steps on this process's one device, a checkpoint every step: the reference or the starting
   point of several tests (which copy it before writing to it)."""
   model_dir = str(tmp_path_factory.mktemp("two_steps") / "run")
-  run_in_process(model_dir, 2, "--gin.train.checkpoint_period=1")
+  run_in_process(model_dir, 2, "--gin.CheckpointConfig.period=1")
   return model_dir
 
 
@@ -98,8 +98,8 @@ def test_sigterm_saves_and_the_rerun_resumes_bitwise(tmp_path):
   position and the process exits with the preemption code; the rerun ends bitwise where the uninterrupted run does
   (parameters and Adafactor state; an eval changes neither), with the same losses, and rerunning the finished run
   does nothing. A checkpoint without an iterator re-reads the data."""
-  flags = ["--gin.train.checkpoint_period=3", "--gin.DROPOUT_RATE=0.1"]
-  evals = ["--gin.EVAL_TASKS=['demo_held_in']", "--gin.EVAL_PERIOD=1", "--gin.train.eval_max_examples=0"]
+  flags = ["--gin.CheckpointConfig.period=3", "--gin.DROPOUT_RATE=0.1"]
+  evals = ["--gin.EVAL_TASKS=['demo_held_in']", "--gin.EVAL_PERIOD=1", "--gin.EvalConfig.max_examples=0"]
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   run_in_process(straight, 6, *flags)
   result = run_subprocess(resumed, 6, *flags, *evals, env={"SIGNAL_DURING_EVAL": "1"})
@@ -142,7 +142,7 @@ def test_sigkill_mid_training_resumes_from_last_complete_checkpoint(tmp_path):
   """The killed run's progress lines, printed into a pipe, must outlive the kill (it runs as `python -m flan_jax`,
   the entry point without the console script)."""
   model_dir = str(tmp_path / "run")
-  cmd = [sys.executable, "-m", "flan_jax", "train"] + _bindings(model_dir, 500, "--gin.train.checkpoint_period=2")
+  cmd = [sys.executable, "-m", "flan_jax", "train"] + _bindings(model_dir, 500, "--gin.CheckpointConfig.period=2")
   env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as a user's shell would have it
   # TMPDIR: a save the kill interrupts leaves its staging folder in tmp_path, not in /tmp.
   proc = subprocess.Popen(cmd, env={**env, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(tmp_path)},
@@ -154,7 +154,7 @@ def test_sigkill_mid_training_resumes_from_last_complete_checkpoint(tmp_path):
   assert not cli.START_UP_NOISE.search(output), output[:3000]  # TensorFlow's and libtpu's start-up lines dropped
   root, step, _ = checkpoints.read_meta(os.path.join(model_dir, "checkpoints"))
   assert step >= 4
-  lines = run_in_process(model_dir, step + 2, "--gin.train.checkpoint_period=2")
+  lines = run_in_process(model_dir, step + 2, "--gin.CheckpointConfig.period=2")
   assert f"resumed from {root}/{step}" in lines
   assert checkpoints.locate(os.path.join(model_dir, "checkpoints"))[1] == step + 2
 
@@ -162,7 +162,7 @@ def test_sigkill_mid_training_resumes_from_last_complete_checkpoint(tmp_path):
 def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
   model_dir = str(tmp_path / "run")
   # TMPDIR: the killed save's staging folder (checkpoints.DataIteratorHandler) stays in tmp_path.
-  result = run_subprocess(model_dir, 10, "--gin.train.checkpoint_period=2",
+  result = run_subprocess(model_dir, 10, "--gin.CheckpointConfig.period=2",
                           env={"KILL_DURING_SAVE_STEP": "4", "TMPDIR": str(tmp_path)})
   assert result.returncode == -signal.SIGKILL
   ckpts = os.path.join(model_dir, "checkpoints")
@@ -170,7 +170,7 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
   assert checkpoints.locate(ckpts)[1] == 2
   params, _, _, _ = checkpoints.restore(ckpts)
   assert all(np.all(np.isfinite(np.asarray(p))) for p in jax.tree.leaves(params))
-  lines = run_in_process(model_dir, 4, "--gin.train.checkpoint_period=2")
+  lines = run_in_process(model_dir, 4, "--gin.CheckpointConfig.period=2")
   assert any(line.endswith("/2") and line.startswith("resumed from") for line in lines)
   assert "restored the input position at step 2" in lines
   assert checkpoints.locate(ckpts)[1] == 4
@@ -181,7 +181,7 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(two_steps, tmp_path):
   # An infinite learning rate makes step 3's update Inf; step 3 must not be saved.
   with pytest.raises(train.TrainingDiverged, match=r"the update made the parameters NaN or Inf at step 3; training "
                                                    r"stopped, the last good checkpoint is kept \(step 2\)"):
-    run_in_process(model_dir, 6, "--gin.train.checkpoint_period=1", "--gin.LEARNING_RATE=1e999")
+    run_in_process(model_dir, 6, "--gin.CheckpointConfig.period=1", "--gin.LEARNING_RATE=1e999")
   ckpts = os.path.join(model_dir, "checkpoints")
   assert checkpoints.locate(ckpts)[1] == 2
   params, _, _, _ = checkpoints.restore(ckpts)
@@ -199,12 +199,12 @@ def test_unknown_mixture_and_bad_microbatches(tmp_path):
   with pytest.raises(UserError, match="unknown task or mixture 'demo_mixtur'; closest: demo_mixture"):
     run_in_process(str(tmp_path / "a"), 1, "--gin.MIXTURE_OR_TASK_NAME='demo_mixtur'")
   with pytest.raises(UserError, match="must split into 3 microbatches"):
-    run_in_process(str(tmp_path / "b"), 1, "--gin.train.num_microbatches=3")
+    run_in_process(str(tmp_path / "b"), 1, "--gin.StepConfig.num_microbatches=3")
 
 
 def test_microbatches_equal_the_full_batch(two_steps, tmp_path):
   full, micro = two_steps, str(tmp_path / "micro")
-  run_in_process(micro, 2, "--gin.train.num_microbatches=4")
+  run_in_process(micro, 2, "--gin.StepConfig.num_microbatches=4")
   a, b = train_losses(full), train_losses(micro)
   assert abs(a[2] - b[2]) <= 1e-5
   assert params_difference(full, micro, 2) <= 1e-5
@@ -240,7 +240,7 @@ def test_a_task_module_with_its_own_gin_configurable(tmp_path, monkeypatch):
       "register_prompt_task('my_gin_task', {'train': my_rows()}, byte_vocabulary())\n")
   monkeypatch.chdir(tmp_path)
   run_in_process(str(tmp_path / "run"), 1, "--gin.MIXTURE_OR_TASK_MODULE='my_gin_tasks'",
-                 "--gin.MIXTURE_OR_TASK_NAME='my_gin_task'", "--gin.train.pack=False")
+                 "--gin.MIXTURE_OR_TASK_NAME='my_gin_task'", "--gin.DatasetConfig.pack=False")
   assert checkpoints.locate(str(tmp_path / "run" / "checkpoints"))[1] == 1
 
 
@@ -267,12 +267,12 @@ def test_misspelled_macro_is_an_error_naming_the_closest(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag, message", [
-    ("--gin.BATCH_SIZE=0", "train.batch_size must be an integer >= 1, got 0"),
-    ("--gin.TRAIN_STEPS=-1", "train.train_steps must be an integer >= 0, got -1"),
+    ("--gin.BATCH_SIZE=0", "DatasetConfig.batch_size must be an integer >= 1, got 0"),
+    ("--gin.TRAIN_STEPS=-1", "TRAIN_STEPS must be an integer >= 0, got -1"),
     ("--gin.TASK_FEATURE_LENGTHS={'inputs': 0, 'targets': 8}", "TASK_FEATURE_LENGTHS must map 'inputs' and 'targets'"),
     ("--gin.DROPOUT_RATE=1.0", "DROPOUT_RATE must be in [0, 1), got 1.0"),
-    ("--gin.EVAL_PERIOD=-5", "train.eval_period must be an integer >= 0, got -5"),
-    ("--gin.train.checkpoint_period=0", "train.checkpoint_period must be an integer >= 1, got 0"),
+    ("--gin.EVAL_PERIOD=-5", "EvalConfig.period must be an integer >= 0, got -5"),
+    ("--gin.CheckpointConfig.period=0", "CheckpointConfig.period must be an integer >= 1, got 0"),
     ("--gin.LEARNING_RATE=0", "LEARNING_RATE must be > 0"),
     ("--gin.INITIAL_CHECKPOINT_PATH='/nonexistent/ckpt'", "INITIAL_CHECKPOINT_PATH /nonexistent/ckpt does not exist"),
 ])
@@ -292,7 +292,7 @@ def test_model_dir_that_is_a_file(tmp_path, capsys):
 
 
 def test_a_crash_mid_training_ends_the_process_promptly(tmp_path):
-  proc = run_subprocess(tmp_path / "run", 50, "--gin.train.checkpoint_period=1", env={"FAIL_AT_STEP": "3"},
+  proc = run_subprocess(tmp_path / "run", 50, "--gin.CheckpointConfig.period=1", env={"FAIL_AT_STEP": "3"},
                         wait=False)
   crashed = None
   for line in proc.stdout:
