@@ -94,3 +94,41 @@ def test_start_up_lines_written_to_fd_2_are_dropped_and_the_rest_kept(capfd):
     os.write(2, b"I0000 port.cc:153] oneDNN custom operations are on.\nkeep this line\n")
     os.write(2, b"=== Source Location Trace: === \nlearning/45eac/tfrc/runtime/libtpu_init_utils.cc:327\n")
   assert capfd.readouterr().err == "keep this line\n"
+
+
+def _imports_of(path: str, package: str, modules) -> set[str]:
+  """The flan_jax modules a file imports anywhere in it (at the top or inside a function); `from a import b`
+  imports the module a.b where there is one, else a."""
+  import ast
+  found = set()
+  for node in ast.walk(ast.parse(open(path).read())):
+    if isinstance(node, ast.Import):
+      found |= {a.name for a in node.names}
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ""
+      if node.level:
+        base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+      found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
+  return {name for name in found if name.startswith("flan_jax")}
+
+
+def test_no_import_cycles_in_the_package():
+  """No module of flan_jax imports, directly or through others, a module that imports it back."""
+  modules = {}
+  for folder, _, files in os.walk(os.path.join(REPO, "flan_jax")):
+    for name in files:
+      if name.endswith(".py"):
+        path = os.path.join(folder, name)
+        module = os.path.relpath(path, REPO)[:-3].replace(os.sep, ".").removesuffix(".__init__")
+        modules[module] = path
+  graph = {}
+  for module, path in modules.items():
+    package = module if path.endswith("__init__.py") else module.rsplit(".", 1)[0]
+    graph[module] = {m for m in _imports_of(path, package, modules) if m in modules and m != module}
+  assert {"flan_jax.train", "flan_jax.settings"} <= graph["flan_jax.plan"] | graph["flan_jax.train"]  # it reads
+
+  def reaches(start, target, seen):
+    return any(m == target or (m not in seen and not seen.add(m) and reaches(m, target, seen)) for m in graph[start])
+
+  cycles = sorted(f"{a} -> {b}" for a in graph for b in graph[a] if reaches(b, a, set()))
+  assert not cycles, cycles
