@@ -342,3 +342,25 @@ def test_answer_extraction():
   assert answer_of("Step one. So the answer is (B).") == "(B)"
   assert answer_of("16 - 7 = 9.\nThe answer is 9.") == "9"
   assert answer_of("  Yes ") == "Yes"
+
+
+def test_decoding_compiles_once_per_batch_shape():
+  """docs/training.md: 10 inputs in batches of 4 (the last padded) decode with one compilation,
+  and a new batch size is one more."""
+  import dataclasses
+  from flan_jax.models import T5Config
+  from flan_jax.models.t5 import init_variables
+  from flan_jax.vocab import byte_vocabulary
+  import flax.linen as nn
+  config = T5Config(vocab_size=384, d_model=16, d_ff=32, num_heads=2, d_kv=8, num_encoder_layers=1,
+                    num_decoder_layers=1)
+  params = nn.unbox(init_variables(config, jax.random.key(0)))["params"]
+  model = inference.Model(config, params, byte_vocabulary())
+  settings = inference.Settings(batch_size=4, inputs_length=8, max_decode_length=3, temperature=0.5)
+  texts = [f"input {i}" for i in range(10)]
+  before = decoding.sample._cache_size()
+  first = inference.predict(model, texts, settings)
+  assert decoding.sample._cache_size() == before + 1 and len(first) == 10
+  assert inference.predict(model, texts[:3], settings) and decoding.sample._cache_size() == before + 1
+  inference.predict(model, texts, dataclasses.replace(settings, batch_size=5))
+  assert decoding.sample._cache_size() == before + 2
