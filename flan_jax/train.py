@@ -22,9 +22,9 @@ from flan_jax import evaluation as evaluation_lib
 from flan_jax.data import pipeline, registration
 from flan_jax.errors import UserError
 from flan_jax.models import T5Config
-from flan_jax.settings import CheckpointConfig, DatasetConfig, EvalConfig, StepConfig
 from flan_jax.models.config import LORA_FIELDS, RUNTIME_ONLY_FIELDS
 from flan_jax.optim import adafactor
+from flan_jax.settings import CheckpointConfig, DatasetConfig, EvalConfig, StepConfig
 from flan_jax.vocab import check_fits, fingerprint
 
 
