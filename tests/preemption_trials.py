@@ -14,6 +14,7 @@ import os
 import random
 import re
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +39,12 @@ def _run(model_dir, sigterm_after=None):
       time.sleep(0.05)
     if procs[1].poll() is None:
       procs[1].send_signal(signal.SIGTERM)
-  outputs = [p.communicate(timeout=900)[0] for p in procs]
+  try:
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+  except subprocess.TimeoutExpired:  # a hang is a failed trial, not a stuck script
+    for p in procs:
+      p.kill()
+    outputs = [p.communicate()[0] + "\n(killed after 600 s)" for p in procs]
   return [p.returncode for p in procs], outputs, time.time() - started
 
 
