@@ -124,7 +124,8 @@ def table(results: dict) -> str:
   return "\n".join(lines)
 
 
-def make_train_evaluator(config, shardings, eval_tasks, split, lengths, batch_size, max_examples, vocabulary):
+def make_train_evaluator(config, shardings, eval_tasks, split, lengths, batch_size, max_examples, vocabulary,
+                         vocab_id: str | None = None):
   """In-training eval: params -> {'eval/<task>/loss', '.../token_accuracy', '.../accuracy'}: teacher-forced loss
   and token accuracy over the split on the training mesh, and the accuracy of decoded answers on its first
   `max_examples` examples."""
@@ -133,7 +134,7 @@ def make_train_evaluator(config, shardings, eval_tasks, split, lengths, batch_si
   settings = inference.Settings(batch_size=batch_size, inputs_length=lengths["inputs"],
                                 max_decode_length=lengths["targets"])
   eval_step = trainer.jit_eval_step(trainer.make_eval_step(config), shardings)
-  vocab_id = fingerprint(vocabulary)  # hashes the SentencePiece model: once, not per task and eval
+  vocab_id = vocab_id or fingerprint(vocabulary)  # hashes the SentencePiece model: train has it already
   layout = partitioning.data_layout(shardings.mesh, batch_size)
   local_size = layout.rows
   cached = {}

@@ -20,10 +20,14 @@ def _need(ok: bool, message: str) -> None:
     raise UserError(message)
 
 
-def _integer(owner, name: str, low: int) -> None:
-  value = getattr(owner, name)
+def check_integer(value, label: str, low: int) -> None:
+  """An int (not a bool) >= low, else one line naming the setting."""
   _need(isinstance(value, int) and not isinstance(value, bool) and value >= low,
-        f"{type(owner).__name__}.{name} must be an integer >= {low}, got {value!r}")
+        f"{label} must be an integer >= {low}, got {value!r}")
+
+
+def _integer(owner, name: str, low: int) -> None:
+  check_integer(getattr(owner, name), f"{type(owner).__name__}.{name}", low)
 
 
 @gin.configurable

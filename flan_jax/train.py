@@ -24,7 +24,7 @@ from flan_jax.errors import UserError
 from flan_jax.models import T5Config
 from flan_jax.models.config import LORA_FIELDS, RUNTIME_ONLY_FIELDS
 from flan_jax.optim import adafactor
-from flan_jax.settings import CheckpointConfig, DatasetConfig, EvalConfig, StepConfig
+from flan_jax.settings import CheckpointConfig, DatasetConfig, EvalConfig, StepConfig, check_integer
 from flan_jax.vocab import check_fits, fingerprint
 
 
@@ -58,8 +58,7 @@ def _check_run(model_dir, train_steps: int, log_period_seconds: float) -> None:
     raise UserError(f"MODEL_DIR must be a path, got {model_dir!r}")
   if "://" not in model_dir and os.path.isfile(model_dir):
     raise UserError(f"MODEL_DIR {model_dir} is an existing file, not a directory")
-  if not (isinstance(train_steps, int) and not isinstance(train_steps, bool) and train_steps >= 0):
-    raise UserError(f"TRAIN_STEPS must be an integer >= 0, got {train_steps!r}")
+  check_integer(train_steps, "TRAIN_STEPS", 0)
   if not log_period_seconds >= 0:
     raise UserError(f"train.log_period_seconds must be >= 0, got {log_period_seconds}")
 
@@ -191,7 +190,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, data: 
         start.config, tx, step.z_loss, step.loss_normalizing_factor, step.num_microbatches), shardings)
     eval_fn = evaluation_lib.make_train_evaluator(
         start.config, shardings, evaluation.tasks, evaluation.split, data.task_feature_lengths,
-        evaluation.batch_size, evaluation.max_examples, vocabulary)
+        evaluation.batch_size, evaluation.max_examples, vocabulary, start.vocab_id)
     loop.run(state, step_fn, eval_fn, iterator, layout, mesh, dropout_key, data.mixture_or_task_name)
   if jax.process_index() == 0:
     for line in loop.summary(time.time() - started):
