@@ -7,10 +7,14 @@ that the processes together compute what one does."""
 import os
 import re
 import time
+import types
 
+import jax
+import numpy as np
 import pytest
 
-from flan_jax import checkpoints, logs, preemption
+from flan_jax import checkpoints, logs, partitioning, preemption
+from flan_jax.errors import UserError
 from test_train import (_free_port, assert_bitwise_equal, params_difference, run_in_process, run_subprocess,
                         train_losses)
 
@@ -135,10 +139,42 @@ def test_sigkill_to_one_process_ends_the_other(tmp_path):
   assert "(stopped sending heartbeats):\n1\n" in output, output[-3000:]  # the runtime names the lost process
 
 
-def test_a_mesh_that_cannot_be_laid_out_over_the_processes(tmp_path):
-  codes, outputs = _two_processes(tmp_path / "run", 2, "--gin.make_mesh.data_parallel=3", "--gin.BATCH_SIZE=6")
-  assert codes == [2, 2], outputs
-  for out in outputs:
-    assert out.strip().splitlines()[-1].startswith(
-        "flan-jax: error: the mesh data=3 x model=1 cannot be laid out over 2 processes")
-  assert not (tmp_path / "run").exists()
+class _FakeMesh:
+  """What data_layout reads of a mesh: its axis sizes and, for each device, the process that holds it."""
+
+  def __init__(self, processes):
+    self.devices = np.array([[types.SimpleNamespace(process_index=p) for p in row] for row in processes])
+    self.shape = {"data": self.devices.shape[0], "model": self.devices.shape[1]}
+
+
+@pytest.mark.parametrize("processes, batch_size, expected", [
+    ([[0, 0, 1, 1]], 8, [(0, 1, 8), (0, 1, 8)]),        # 1x4: the model axis across the processes
+    ([[0, 1], [0, 1]], 8, [(0, 1, 8), (0, 1, 8)]),      # 2x2, minor_axis='data': the same rows in both
+    ([[0], [0], [1], [1]], 8, [(0, 2, 4), (1, 2, 4)]),  # 4x1: 'data' across the processes
+    ([[0, 0], [1, 1], [2, 2], [3, 3]], 8, [(p, 4, 2) for p in range(4)]),
+])
+def test_data_layout_gives_each_process_its_shard(processes, batch_size, expected, monkeypatch):
+  """(shard index, shards, rows a step) as each process of a run computes them (t5x's get_data_layout)."""
+  mesh = _FakeMesh(processes)
+  monkeypatch.setattr(jax, "process_count", lambda: len(expected))
+  layouts = []
+  for p in range(len(expected)):
+    monkeypatch.setattr(jax, "process_index", lambda p=p: p)
+    layout = partitioning.data_layout(mesh, batch_size)
+    layouts.append((layout.shard_index, layout.num_shards, layout.rows))
+  assert layouts == expected
+
+
+@pytest.mark.parametrize("processes, batch_size, message", [
+    ([[0], [0], [1]], 6, r"the mesh data=3 x model=1 cannot be laid out over 2 processes: each process must hold a "
+                         r"contiguous block of 'data' positions, the same size for all, shared whole or not at all "
+                         r"\(held: \{0: \(0, 1\), 1: \(2,\)\}\)"),
+    ([[0], [1], [0], [1]], 8, r"cannot be laid out over 2 processes.*held: \{0: \(0, 2\), 1: \(1, 3\)\}"),
+    ([[0], [0]], 8, r"processes \[1\] hold no device of the mesh"),
+    ([[0], [0], [1], [1]], 6, r"^BATCH_SIZE=6 is not divisible by the data-parallel size 4$"),
+])
+def test_a_mesh_that_cannot_be_laid_out_over_the_processes(processes, batch_size, message, monkeypatch):
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(jax, "process_index", lambda: 0)
+  with pytest.raises(UserError, match=message):
+    partitioning.data_layout(_FakeMesh(processes), batch_size)

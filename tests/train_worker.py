@@ -6,6 +6,9 @@ is raised in the training loop after step N (a crash that is not bad input). Wit
 N:KILL) the process sends itself that signal once step N is logged; after a SIGTERM it goes on 2 s later, by when
 JAX's preemption service has fixed the step to save from where every process is. With SIGNAL_DURING_EVAL=1 it
 sends itself SIGTERM as an evaluation starts.
+
+Commands separated by `--then` run one after another in this one process (it ends at the first that fails): tests
+that need several commands on the same fake devices pay for one process start, not one each.
 """
 
 import os
@@ -71,4 +74,20 @@ if os.environ.get("SIGNAL_DURING_EVAL"):
 
 from flan_jax import cli  # noqa: E402
 
+commands = [[]]
+for arg in sys.argv[1:]:
+  if arg == "--then":
+    commands.append([])
+  else:
+    commands[-1].append(arg)
+if len(commands) > 1:
+  import gin
+
+  cli.set_up_process()
+  for command in commands:
+    code = cli.main(command)
+    gin.clear_config()  # as between two tests: the next command parses its own bindings
+    if code:
+      sys.exit(code)
+  sys.exit(0)
 cli.run(sys.argv[1:])
