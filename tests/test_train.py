@@ -128,50 +128,28 @@ def test_sigterm_saves_and_the_rerun_resumes_bitwise(tmp_path):
   assert train_losses(tmp_path / "replayed") == a
 
 
-def _wait_for(path, proc, timeout=300):
-  start = time.time()
-  while not os.path.isdir(path):
-    if proc.poll() is not None:
-      raise AssertionError(f"training exited early:\n{proc.stdout.read()}")
-    if time.time() - start > timeout:
-      raise AssertionError(f"{path} never appeared")
-    time.sleep(0.2)
-
-
-def test_sigkill_mid_training_resumes_from_last_complete_checkpoint(tmp_path):
-  """The killed run's progress lines, printed into a pipe, must outlive the kill (it runs as `python -m flan_jax`,
-  the entry point without the console script)."""
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
+  """The process SIGKILLs itself while checkpoint 4 is being written (tests/train_worker.py, which runs the command
+  as `python -m flan_jax` does): step 4 is never committed, step 2 restores with its input position. The killed
+  run's progress lines, printed into a pipe, must outlive the kill."""
   model_dir = str(tmp_path / "run")
-  cmd = [sys.executable, "-m", "flan_jax", "train"] + _bindings(model_dir, 500, "--gin.CheckpointConfig.period=2")
   env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as a user's shell would have it
-  # TMPDIR: a save the kill interrupts leaves its staging folder in tmp_path, not in /tmp.
-  proc = subprocess.Popen(cmd, env={**env, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(tmp_path)},
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
-  _wait_for(os.path.join(model_dir, "checkpoints", "4", "meta"), proc)
-  proc.send_signal(signal.SIGKILL)
-  output = proc.communicate()[0]
-  assert "step 4/500" in output, output[-2000:]
-  assert not cli.START_UP_NOISE.search(output), output[:3000]  # TensorFlow's and libtpu's start-up lines dropped
-  root, step, _ = checkpoints.read_meta(os.path.join(model_dir, "checkpoints"))
-  assert step >= 4
-  lines = run_in_process(model_dir, step + 2, "--gin.CheckpointConfig.period=2")
-  assert f"resumed from {root}/{step}" in lines
-  assert checkpoints.locate(os.path.join(model_dir, "checkpoints"))[1] == step + 2
-
-
-def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
-  model_dir = str(tmp_path / "run")
   # TMPDIR: the killed save's staging folder (checkpoints.DataIteratorHandler) stays in tmp_path.
-  result = run_subprocess(model_dir, 10, "--gin.CheckpointConfig.period=2",
-                          env={"KILL_DURING_SAVE_STEP": "4", "TMPDIR": str(tmp_path)})
-  assert result.returncode == -signal.SIGKILL
+  env.update({"TF_CPP_MIN_LOG_LEVEL": "3", "KILL_DURING_SAVE_STEP": "4", "TMPDIR": str(tmp_path)})
+  result = subprocess.run([sys.executable, os.path.join(HERE, "train_worker.py"), "train",
+                           *_bindings(model_dir, 10, "--gin.CheckpointConfig.period=2")],
+                          env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == -signal.SIGKILL, result.stdout + result.stderr
+  assert "step 4/10" in result.stdout, result.stdout[-2000:]
+  # TensorFlow's and libtpu's start-up lines dropped
+  assert not cli.START_UP_NOISE.search(result.stdout + result.stderr), result.stderr[:3000]
   ckpts = os.path.join(model_dir, "checkpoints")
   assert any(name.startswith("4.") for name in os.listdir(ckpts))  # the half-written step, never committed
   assert checkpoints.locate(ckpts)[1] == 2
   params, _, _, _ = checkpoints.restore(ckpts)
   assert all(np.all(np.isfinite(np.asarray(p))) for p in jax.tree.leaves(params))
   lines = run_in_process(model_dir, 4, "--gin.CheckpointConfig.period=2")
-  assert any(line.endswith("/2") and line.startswith("resumed from") for line in lines)
+  assert f"resumed from {ckpts}/2" in lines
   assert "restored the input position at step 2" in lines
   assert checkpoints.locate(ckpts)[1] == 4
 
@@ -245,7 +223,8 @@ def test_a_task_module_with_its_own_gin_configurable(tmp_path, monkeypatch):
 
 
 def test_python_dash_m_entry_point(tmp_path):
-  """`python -m flan_jax COMMAND` reaches the same command line (it also trains: the SIGKILL test)."""
+  """`python -m flan_jax COMMAND` reaches the same command line (every subprocess of these tests trains through it:
+  tests/train_worker.py)."""
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
   result = subprocess.run([sys.executable, "-m", "flan_jax", "train", "--help"], capture_output=True, text=True,
                           timeout=300, cwd=tmp_path, env=env)

@@ -1,4 +1,4 @@
-"""`flan-jax` in a subprocess for the training tests.
+"""`python -m flan_jax` in a subprocess for the training tests.
 
 With KILL_DURING_SAVE_STEP=N the process SIGKILLs itself while checkpoint N is being written: after its
 files are in orbax's temporary directory, before the rename that commits it. With FAIL_AT_STEP=N an exception
@@ -90,4 +90,6 @@ if len(commands) > 1:
     if code:
       sys.exit(code)
   sys.exit(0)
-cli.run(sys.argv[1:])
+import runpy  # noqa: E402
+
+runpy.run_module("flan_jax", run_name="__main__")  # `python -m flan_jax ARGS`, the module entry point
