@@ -108,21 +108,20 @@ def test_unknown_topology_and_missing_compiler(monkeypatch):
     plan.topology_devices("v4-8")
 
 
-def test_plan_cli_on_v4_8_and_v5e_16(capsys):
+def test_plan_cli_on_v5e_16(capsys):
+  """One topology (each compile costs the suite time; test_compiled_arguments_... covers v4-8 too)."""
   code = cli.main(["plan", "--gin_file=runs/finetune.gin", "--gin_file=models/tiny.gin",
                    "--gin.T5Config.vocab_size=384", "--gin.T5Config.num_decoder_layers=1",
                    "--gin.TASK_FEATURE_LENGTHS={'inputs': 128, 'targets': 32}", "--gin.BATCH_SIZE=16",
-                   "--topology", "v4-8", "--topology", "v5e-16", "--mesh", "auto"])
+                   "--topology", "v5e-16", "--mesh", "auto"])
   out = capsys.readouterr()
   assert code == 0, out.err[-3000:]
   lines = out.out.splitlines()
-  assert "v4-8: 4 chips, 1 host x 4; mesh data=4 x model=1, remat=False, microbatches=1; 16 rows per host" in lines
   assert "v5e-16: 16 chips, 4 hosts x 4; mesh data=16 x model=1, remat=False, microbatches=1; 4 rows per host" in lines
   fits = [line for line in lines if "GiB HBM" in line]
-  assert len(fits) == 2 and all(line.endswith(": fits") for line in fits)
-  assert re.search(r"of 16 GiB HBM", fits[1]) and re.search(r"of 32 GiB HBM", fits[0])
+  assert len(fits) == 1 and fits[0].endswith(": fits") and re.search(r"of 16 GiB HBM", fits[0])
   decode = [line for line in lines if line.startswith("  decode (infer/eval, greedy, batch 32, 128 in, up to 32 new): ")]
-  assert len(decode) == 2 and all("GiB per chip" in line for line in decode)
+  assert len(decode) == 1 and "GiB per chip" in decode[0]
 
 
 def test_auto_reports_the_first_setting_that_fits_when_none_is_within_75_percent(monkeypatch):

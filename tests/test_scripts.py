@@ -2,6 +2,7 @@
 
 import os
 import re
+import runpy
 import subprocess
 import sys
 
@@ -11,6 +12,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _run(*cmd, env=None):
   return subprocess.run(list(cmd), cwd=REPO, capture_output=True, text=True, timeout=300,
                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+
+
+def _run_here(script, *args, monkeypatch, capsys):
+  """A Python script run in this process, as `python SCRIPT ARGS` would: its output. Saves a process start (and
+  its imports of JAX, torch and transformers) for scripts that need no fresh process."""
+  monkeypatch.setattr(sys, "argv", [script, *args])
+  monkeypatch.chdir(REPO)
+  monkeypatch.syspath_prepend(os.path.join(REPO, os.path.dirname(script)))  # as python puts the script's folder
+  capsys.readouterr()
+  runpy.run_path(os.path.join(REPO, script), run_name="__main__")
+  return capsys.readouterr().out
 
 
 def test_tpu_vm_script_prints_one_command_for_every_worker():
@@ -70,23 +82,22 @@ def test_lora_benchmark_runs_on_a_tiny_model():
   assert adapted < full / 100  # the adapters are a small fraction of the parameters
 
 
-def test_train_and_decode_benchmarks_run_on_a_tiny_model():
+def test_train_and_decode_benchmarks_run_on_a_tiny_model(monkeypatch, capsys):
   out = _run(sys.executable, "scripts/bench_train.py", "--tiny", "--shapes", "32/8", "--batch", "2", "--steps", "1")
   assert out.returncode == 0, out.stdout + out.stderr
   assert "| 32/8 | flan-jax |" in out.stdout and "ratio (transformers + HF Adafactor s/step / flan-jax s/step)" in out.stdout
-  out = _run(sys.executable, "scripts/bench_decode.py", "--tiny", "--batch", "2", "--input_length", "8",
-             "--new_tokens", "4", "--repeats", "1")
-  assert out.returncode == 0, out.stdout + out.stderr
-  assert out.stdout.count("ratio flan-jax / transformers") == 4  # greedy, beam, scoring (two peers)
-  assert out.stdout.count("ratio flan-jax / flan-jax with XLA's default dots") == 2  # greedy, beam
-  assert "Greedy (2/2 rows identical" in out.stdout and "Beam search, 4 beams (2/2 rows identical" in out.stdout
-  difference = float(re.search(r"max difference ([0-9.e+-]+)", out.stdout).group(1))
+  out = _run_here("scripts/bench_decode.py", "--tiny", "--batch", "2", "--input_length", "8", "--new_tokens", "4",
+                  "--repeats", "1", monkeypatch=monkeypatch, capsys=capsys)
+  assert out.count("ratio flan-jax / transformers") == 4  # greedy, beam, scoring (two peers)
+  assert out.count("ratio flan-jax / flan-jax with XLA's default dots") == 2  # greedy, beam
+  assert "Greedy (2/2 rows identical" in out and "Beam search, 4 beams (2/2 rows identical" in out
+  difference = float(re.search(r"max difference ([0-9.e+-]+)", out).group(1))
   assert difference < 1e-4
-  out = _run(sys.executable, "scripts/bench_matmul.py", "--tiny", "--tokens", "64", "--decode_dots")
-  assert out.returncode == 0, out.stdout + out.stderr
-  rows = [line.split("|") for line in out.stdout.splitlines() if line.startswith("| ") and "GFLOP/s" not in line]
+  out = _run_here("scripts/bench_matmul.py", "--tiny", "--tokens", "64", "--decode_dots", monkeypatch=monkeypatch,
+                  capsys=capsys)
+  rows = [line.split("|") for line in out.splitlines() if line.startswith("| ") and "GFLOP/s" not in line]
   # GFLOP/s of a tiny matmul may print as 0; the XLA / torch ratio comes from the unrounded times.
-  assert len(rows) == 6 and all(float(row[4].strip().rstrip("x")) > 0 for row in rows), out.stdout
+  assert len(rows) == 6 and all(float(row[4].strip().rstrip("x")) > 0 for row in rows), out
 
 
 def test_tpu_vm_script_sets_the_callers_flan_jax_variables_on_every_worker():
