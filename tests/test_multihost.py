@@ -64,37 +64,32 @@ def test_two_processes_equal_one_process(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
-  """The demo mixture (packed, shuffled), 4 steps on one device: the run both layouts below are compared with."""
+  """The demo mixture (packed, shuffled), 4 steps on one device: what the 2-process run below is compared with."""
   model_dir = tmp_path_factory.mktemp("single") / "run"
   lines = run_in_process(str(model_dir), 4, "--gin.make_mesh.data_parallel=1")
   assert any("data shard 0 of 1, 8 rows a step from this process" in line for line in lines)
   return model_dir
 
 
-MESHES = {"1x4": ["--gin.make_mesh.data_parallel=1", "--gin.make_mesh.model_parallel=4"],
-          "2x2_model_across_processes": ["--gin.make_mesh.data_parallel=2", "--gin.make_mesh.model_parallel=2",
-                                         "--gin.make_mesh.minor_axis='data'"]}
+# The model axis across the processes, the data axis within each: both processes feed the same rows. (The 1x4
+# layout is test_data_layout_gives_each_process_its_shard's, and test_mesh decodes on it with two processes.)
+MODEL_ACROSS_PROCESSES = ["--gin.make_mesh.data_parallel=2", "--gin.make_mesh.model_parallel=2",
+                          "--gin.make_mesh.minor_axis='data'"]
 
 
 @pytest.fixture(scope="module")
 def two_by_two(tmp_path_factory):
   """2 processes, the 2x2 mesh with the model axis across them, 4 steps uninterrupted: compared bitwise below."""
   model_dir = tmp_path_factory.mktemp("multi") / "run"
-  codes, outputs = _two_processes(model_dir, 4, *MESHES["2x2_model_across_processes"])
+  codes, outputs = _two_processes(model_dir, 4, *MODEL_ACROSS_PROCESSES)
   assert codes == [0, 0], outputs
   return model_dir, outputs
 
 
-@pytest.mark.parametrize("mesh", sorted(MESHES))
-def test_model_axis_across_processes_equals_one_process(mesh, one_process, tmp_path, request):
+def test_model_axis_across_processes_equals_one_process(one_process, two_by_two):
   """Processes that hold replicas of the same rows read the same shard: with packing and shuffling on the demo
   mixture, 2 processes x 2 devices train exactly as 1 process."""
-  if mesh == "1x4":
-    codes, outputs = _two_processes(tmp_path / "multi", 4, *MESHES[mesh])
-    assert codes == [0, 0], outputs
-    model_dir = tmp_path / "multi"
-  else:
-    model_dir, outputs = request.getfixturevalue("two_by_two")
+  model_dir, outputs = two_by_two
   assert all("data shard 0 of 1, 8 rows a step from this process" in out for out in outputs)
   a, b = train_losses(one_process), train_losses(model_dir)
   assert sorted(a) == sorted(b) == [1, 2, 3, 4]
@@ -110,7 +105,7 @@ def test_sigterm_to_one_process_saves_the_same_step_in_both(two_by_two, tmp_path
   (train_ds-<p>-of-2) and ends bitwise where the uninterrupted run does. (One process, SIGTERM during an eval:
   test_train.)"""
   model_dir = tmp_path / "run"
-  codes, outputs = _two_processes(model_dir, 4, *MESHES["2x2_model_across_processes"],
+  codes, outputs = _two_processes(model_dir, 4, *MODEL_ACROSS_PROCESSES,
                                   "--gin.CheckpointConfig.period=1", env_1={"SIGNAL_AT_STEP": "1:TERM"})
   assert codes == [preemption.EXIT_CODE] * 2, outputs
   steps = [re.findall(rf"flan-jax: preempted: step (\d) saved in {model_dir}/checkpoints, ", out) for out in outputs]
@@ -119,7 +114,7 @@ def test_sigterm_to_one_process_saves_the_same_step_in_both(two_by_two, tmp_path
   saved = os.listdir(model_dir / "checkpoints" / step / "data_iterator")
   assert sorted(f for f in saved if f.startswith("train_ds")) == [
       f"train_ds-0000{p}-of-00002.{ext}" for p in range(2) for ext in ("data-00000-of-00001", "index")]
-  codes, outputs = _two_processes(model_dir, 4, *MESHES["2x2_model_across_processes"])
+  codes, outputs = _two_processes(model_dir, 4, *MODEL_ACROSS_PROCESSES)
   assert codes == [0, 0], outputs
   assert all(f"restored the input position at step {step}" in out for out in outputs)
   assert_bitwise_equal(two_by_two[0], model_dir, 4)
