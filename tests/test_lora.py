@@ -21,9 +21,11 @@ ALL_TARGETS = ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, shared_data):
-  """A 2-layer Flan-T5-small-shaped HF model and its flan-jax import."""
+  """A 2-layer HF model with Flan-T5-small's config at a narrow width (LoRA's maths do not depend on it), and its
+  flan-jax import."""
   work = tmp_path_factory.mktemp("lora")
-  config = hf_reference.flan_t5_small_config(shared_data, num_layers=2, num_decoder_layers=1, dropout_rate=0.0)
+  config = hf_reference.flan_t5_small_config(shared_data, num_layers=2, num_decoder_layers=1, dropout_rate=0.0,
+                                             d_model=64, d_ff=96, num_heads=4, d_kv=12)
   hf_dir = str(work / "hf")
   hf_reference.build(config).save_pretrained(hf_dir)
   ckpt = str(work / "base")
