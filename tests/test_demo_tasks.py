@@ -143,6 +143,33 @@ def test_findings_quick_writes_its_table_and_plot(tmp_path, capsys):
   assert capsys.readouterr().out.count("done before, kept") == 6
 
 
+def test_findings_summary_averages_over_seeds_and_picks_the_first_seed_for_the_size_row():
+  """Means and spreads over seeds, by hand: --quick's accuracies after 2 steps are mostly 0."""
+  from flan_jax import findings
+
+  def point(kind, what, seed, size, parameters, **accuracy):
+    return {"kind": kind, "what": what, "seed": seed, "size": size, "parameters": parameters,
+            "metrics": {f"eval/{task}/accuracy": value for task, value in accuracy.items()}}
+
+  results = {
+      "1_0": point("tasks", 1, 0, "tiny", 100, out_a=0.1, out_b=0.3, held=0.5),
+      "1_1": point("tasks", 1, 1, "tiny", 100, out_a=0.3, out_b=0.5, held=0.7),
+      "4_0": point("tasks", 4, 0, "tiny", 100, out_a=0.6, out_b=0.8, held=0.9, cot_a=0.4, direct_a=0.5),
+      "4_1": point("tasks", 4, 1, "tiny", 100, out_a=0.2, out_b=0.4, held=0.8),
+      "d32": point("size", 4, 0, "d32", 50, out_a=0.0, out_b=0.2, held=0.3),
+      "cot": point("cot", "with_cot", 0, "tiny", 100, cot_a=0.4, direct_a=0.5),
+      "no_cot": point("cot", "without_cot", 0, "tiny", 100, cot_a=0.1, direct_a=0.6)}
+  table = findings.summarize(results, ["out_a", "out_b"], ["held"], ["cot_a"], ["direct_a"])
+  rows = {r["tasks"]: r for r in table["task_count"]}
+  assert rows[1]["seeds"] == [0, 1] and rows[1]["held_out"] == pytest.approx([0.2, 0.4])
+  assert rows[1]["held_out_mean"] == pytest.approx(0.3) and rows[1]["held_in_mean"] == pytest.approx(0.6)
+  assert (rows[4]["held_out_min"], rows[4]["held_out_max"]) == pytest.approx((0.3, 0.7))
+  assert [(r["size"], r["held_out"]) for r in table["model_size"]] == [("d32", pytest.approx(0.1)),
+                                                                       ("tiny", pytest.approx(0.7))]
+  assert [(r["training"], r["cot_prompts"], r["direct_prompts"]) for r in table["chain_of_thought"]] == [
+      ("with_cot", 0.4, 0.5), ("without_cot", 0.1, 0.6)]
+
+
 def test_mixture_subset_draws_nested_tasks_of_any_mixture_with_their_rates(capsys):
   from flan_jax import findings
   from flan_jax.data import add_mixture
