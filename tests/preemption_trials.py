@@ -22,11 +22,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from flan_jax import preemption  # noqa: E402
-from test_multihost import MESHES, _start_two  # noqa: E402
+from test_multihost import MODEL_ACROSS_PROCESSES, _start_two  # noqa: E402
 from test_train import assert_bitwise_equal, train_losses  # noqa: E402
 
 STEPS = 6
-FLAGS = [*MESHES["2x2_model_across_processes"], "--gin.CheckpointConfig.period=1", "--gin.EVAL_PERIOD=2",
+FLAGS = [*MODEL_ACROSS_PROCESSES, "--gin.CheckpointConfig.period=1", "--gin.EVAL_PERIOD=2",
          "--gin.EVAL_TASKS=['demo_held_out_rules']", "--gin.EvalConfig.max_examples=16", "--gin.EvalConfig.batch_size=8"]
 
 
