@@ -151,7 +151,7 @@ def _train_a_few_steps(tmp_path, hf_model, name, shared_data):
 def test_import_export_roundtrip_and_trained_export_loads_in_hf(kind, tmp_path, shared_data):
   # Flan-T5-small's config (gated-GELU, untied head, its buckets) at the width of V10_CONFIG: shapes test nothing here.
   config = (hf_reference.flan_t5_small_config(shared_data, num_layers=2, num_decoder_layers=1, dropout_rate=0.0,
-                                              d_model=64, d_ff=96, num_heads=4, d_kv=12)
+                                              **hf_reference.NARROW)
             if kind == "t5_1_1" else dict(hf_reference.V10_CONFIG))
   hf_dir, imported, model_dir = _train_a_few_steps(tmp_path, hf_reference.build(config), kind, shared_data)
 

@@ -25,7 +25,7 @@ def base(tmp_path_factory, shared_data):
   flan-jax import."""
   work = tmp_path_factory.mktemp("lora")
   config = hf_reference.flan_t5_small_config(shared_data, num_layers=2, num_decoder_layers=1, dropout_rate=0.0,
-                                             d_model=64, d_ff=96, num_heads=4, d_kv=12)
+                                             **hf_reference.NARROW)
   hf_dir = str(work / "hf")
   hf_reference.build(config).save_pretrained(hf_dir)
   ckpt = str(work / "base")

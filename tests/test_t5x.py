@@ -133,7 +133,7 @@ def test_hf_to_t5x_and_back_keeps_every_weight_bitwise_and_trains_from_t5x(share
   trains exactly as from the flan-jax checkpoint it was exported from."""
   # Flan-T5-small's config, narrow: a bitwise round trip does not depend on the widths.
   config = hf_reference.flan_t5_small_config(shared_data, num_layers=2, num_decoder_layers=1, dropout_rate=0.0,
-                                             d_model=64, d_ff=96, num_heads=4, d_kv=12)
+                                             **hf_reference.NARROW)
   hf_dir, vocab = str(tmp_path / "hf"), os.path.join(shared_data, "t5_vocab", "spiece.model")
   hf_reference.build(config).save_pretrained(hf_dir)
   ours = str(tmp_path / "ours")

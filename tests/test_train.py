@@ -41,7 +41,9 @@ def run_subprocess(model_dir, steps, *extra, env=None, wait=True, cwd=None):
 def run_cli(*args, env=None, wait=True, cwd=None):
   """`flan-jax ARGS` in a subprocess (tests/train_worker.py)."""
   cmd = [sys.executable, os.path.join(HERE, "train_worker.py")] + list(args)
-  full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+  # Without PYTHONUNBUFFERED, as a user's shell would have it: a killed process's progress lines must get out.
+  user_env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+  full_env = {**user_env, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
   if not wait:
     return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
   return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=600, cwd=cwd)
@@ -133,12 +135,9 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_pat
   as `python -m flan_jax` does): step 4 is never committed, step 2 restores with its input position. The killed
   run's progress lines, printed into a pipe, must outlive the kill."""
   model_dir = str(tmp_path / "run")
-  env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as a user's shell would have it
   # TMPDIR: the killed save's staging folder (checkpoints.DataIteratorHandler) stays in tmp_path.
-  env.update({"TF_CPP_MIN_LOG_LEVEL": "3", "KILL_DURING_SAVE_STEP": "4", "TMPDIR": str(tmp_path)})
-  result = subprocess.run([sys.executable, os.path.join(HERE, "train_worker.py"), "train",
-                           *_bindings(model_dir, 10, "--gin.CheckpointConfig.period=2")],
-                          env=env, capture_output=True, text=True, timeout=600)
+  result = run_subprocess(model_dir, 10, "--gin.CheckpointConfig.period=2",
+                          env={"KILL_DURING_SAVE_STEP": "4", "TMPDIR": str(tmp_path)})
   assert result.returncode == -signal.SIGKILL, result.stdout + result.stderr
   assert "step 4/10" in result.stdout, result.stdout[-2000:]
   # TensorFlow's and libtpu's start-up lines dropped
