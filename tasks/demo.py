@@ -62,11 +62,13 @@ class Step:
 
   def apply(self, text: str) -> str:
     x, y = (self.letters + ("", ""))[:2]
-    return {"replace": lambda: text.replace(x, y), "delete": lambda: text.replace(x, ""),
-            "double": lambda: text.replace(x, x + x), "reverse": lambda: text[::-1],
-            "rotate": lambda: text[1:] + text[:1],
-            "upper": text.upper, "contains": lambda: "yes" if x in text else "no",
-            "count": lambda: str(text.count(x))}[self.op]()
+    if self.op in ("replace", "delete", "double"):
+      return text.replace(x, {"replace": y, "delete": "", "double": x + x}[self.op])
+    if self.op == "contains":
+      return "yes" if x in text else "no"
+    if self.op == "count":
+      return str(text.count(x))
+    return {"reverse": text[::-1], "rotate": text[1:] + text[:1], "upper": text.upper()}[self.op]
 
 
 CLOSED = {"contains": ["yes", "no"], "count": ["0", "1", "2", "3"]}  # operations with a closed answer set
@@ -83,7 +85,7 @@ class Rule:
   def name(self) -> str:
     return "_then_".join(s.name for s in self.steps)
 
-  @property
+  @functools.cached_property  # asked for every generated example
   def instruction(self) -> str:
     text = ", then ".join(s.phrase for s in self.steps)
     return text[0].upper() + text[1:] + ("" if text.endswith("?") else ".")
@@ -140,13 +142,43 @@ def is_eval_text(text: str) -> bool:
   return _hash(text) % EVAL_TEXT_SHARE == 0
 
 
-def random_text(rng: np.random.Generator, needed: list) -> str:
+class Draws:
+  """`Generator.integers(low, high)` one value at a time, in pure Python: numpy's own algorithm (Lemire's, on
+  PCG64's 32-bit halves, low half first) over the same bit stream, so the draws, and the data, are numpy's. A
+  split is ~10^6 scalar draws, where numpy's per-call overhead was most of the generation time."""
+
+  def __init__(self, rng: np.random.Generator, block: int = 4096):
+    self._bits, self._block, self._halves, self._next = rng.bit_generator, block, [], 0
+
+  def _uint32(self) -> int:
+    if self._next == len(self._halves):
+      raw = self._bits.random_raw(self._block)
+      halves = np.empty(2 * self._block, np.uint64)
+      halves[0::2], halves[1::2] = raw & 0xFFFFFFFF, raw >> 32
+      self._halves, self._next = halves.tolist(), 0
+    self._next += 1
+    return self._halves[self._next - 1]
+
+  def integers(self, low: int, high: int) -> int:
+    """One draw from [low, high), high - low < 2**32."""
+    span = high - low
+    if span == 1:
+      return low  # numpy draws nothing here either
+    scaled = self._uint32() * span
+    if scaled & 0xFFFFFFFF < span:
+      threshold = (0x100000000 - span) % span
+      while scaled & 0xFFFFFFFF < threshold:
+        scaled = self._uint32() * span
+    return low + (scaled >> 32)
+
+
+def random_text(draws: Draws, needed: list) -> str:
   """A word of random letters holding each needed letter once or twice."""
-  length = int(rng.integers(TEXT_LENGTHS[0], TEXT_LENGTHS[1] + 1))
-  word = [LETTERS[i] for i in rng.integers(0, len(LETTERS), length)]  # as rng.choice, faster
+  length = draws.integers(TEXT_LENGTHS[0], TEXT_LENGTHS[1] + 1)
+  word = [LETTERS[draws.integers(0, len(LETTERS))] for _ in range(length)]
   for letter in needed:
-    for _ in range(int(rng.integers(1, 3))):
-      word[int(rng.integers(len(word)))] = letter
+    for _ in range(draws.integers(1, 3)):
+      word[draws.integers(0, len(word))] = letter
   return "".join(word)
 
 
@@ -165,14 +197,14 @@ def example(rule: Rule, text: str) -> dict:
 
 def generate(rules: list, split: str, n: int, seed: int) -> list:
   """`n` examples cycling over `rules`; evaluation splits draw only evaluation texts, training splits never."""
-  rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+  draws = Draws(np.random.default_rng([seed, 0 if split == "train" else 1]))
   out = []
   while len(out) < n:
     rule = rules[len(out) % len(rules)]
-    if rule.steps[-1].op == "contains" and rng.integers(2):
-      text = random_text(rng, [])  # half the time the letter may be absent
+    if rule.steps[-1].op == "contains" and draws.integers(0, 2):
+      text = random_text(draws, [])  # half the time the letter may be absent
     else:
-      text = random_text(rng, rule.letters())
+      text = random_text(draws, rule.letters())
     fields = example(rule, text)
     if is_eval_text(text) == (split == "train") or not fields["answer"].strip():
       continue
