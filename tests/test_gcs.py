@@ -4,7 +4,6 @@ the real clients: orbax/tensorstore for arrays, etils.epath over gcsfs for every
 import json
 import os
 
-import jax
 import numpy as np
 import safetensors.numpy
 import seqio
@@ -15,7 +14,7 @@ from flan_jax.data import collection_files, mixing
 from flan_jax.data.collection import register_flan_collection
 from flan_jax.vocab import byte_vocabulary
 from test_flan_collection import _read, sample  # noqa: F401 (a fixture)
-from test_train import run_in_process, train_losses
+from test_train import run_in_process, saved_arrays, train_losses
 
 BUCKET = "gs://flan-jax-test"
 
@@ -26,28 +25,41 @@ def _steps(ckpt_dir):
                 if p.name.isdigit() and (p / "commit_success.txt").exists())
 
 
+def _copy_tree(source: epath.Path, destination: str) -> None:
+  os.makedirs(destination, exist_ok=True)
+  for path in source.iterdir():
+    if path.is_dir():
+      _copy_tree(path, os.path.join(destination, path.name))
+    else:
+      with open(os.path.join(destination, path.name), "wb") as f:
+        f.write(path.read_bytes())
+
+
 def test_train_on_gcs_resumes_exactly_keeps_k_and_writes_its_logs(gcs, tmp_path):
-  local, remote = str(tmp_path / "local"), f"{BUCKET}/run"
+  remote = f"{BUCKET}/run"
   common = ["--gin.CheckpointConfig.period=2", "--gin.CheckpointConfig.keep=2", "--gin.DROPOUT_RATE=0.1",
             "--gin.EVAL_TASKS=['demo_held_in']", "--gin.EVAL_PERIOD=6", "--gin.EvalConfig.max_examples=4",
             "--gin.EvalConfig.best_metric='eval/demo_held_in/accuracy'"]
-  run_in_process(local, 6, *common)
-  run_in_process(remote, 4, *common)  # then stopped, as a preempted VM's run; the rerun goes on from gs://
+  run_in_process(remote, 6, *common)
+  straight, straight_losses = saved_arrays(remote, 6), train_losses(remote)
+  for step in ("checkpoints/6", "best/6"):  # as a VM preempted after step 4 left it; the rerun goes on from gs://
+    epath.Path(remote, step).rmtree()
   lines = run_in_process(remote, 6, *common)
   assert f"resumed from {remote}/checkpoints/4" in lines
   assert "restored the input position at step 4" in lines
   assert _steps(f"{remote}/checkpoints") == [4, 6]  # keep 2
   assert sorted(p.name for p in epath.Path(remote, "checkpoints").iterdir() if p.name[0].isdigit()) == ["4", "6"]
-  ours, theirs = checkpoints.restore(f"{remote}/checkpoints")[0], checkpoints.restore(f"{local}/checkpoints")[0]
-  assert max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-             for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs))) <= 1e-6
-  a, b = train_losses(local), train_losses(remote)
-  assert sorted(b) == [1, 2, 3, 4, 5, 6] and all(abs(a[s] - b[s]) <= 1e-6 for s in (5, 6))
+  resumed = saved_arrays(remote, 6)
+  assert len(resumed) == len(straight) and all(np.array_equal(a, b) for a, b in zip(resumed, straight))
+  assert train_losses(remote) == straight_losses and sorted(straight_losses) == [1, 2, 3, 4, 5, 6]
   assert len(_steps(f"{remote}/best")) == 1
   assert epath.Path(remote, "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
   assert any(p.name.startswith("events.out.tfevents") for p in epath.Path(remote).iterdir())
 
-  # infer, eval and export-hf read the gs:// checkpoint as they read the local one; INITIAL_CHECKPOINT_PATH may be one.
+  # infer, eval and export-hf read the gs:// checkpoint as they read the same files copied to a local folder;
+  # INITIAL_CHECKPOINT_PATH may be on gs:// too.
+  local = str(tmp_path / "local")
+  _copy_tree(epath.Path(remote, "checkpoints"), os.path.join(local, "checkpoints"))
   (tmp_path / "in.jsonl").write_text(json.dumps({"inputs": "sort: 3 1 2"}) + "\n")
   outputs = {}
   for name, run in (("local", local), ("gcs", remote)):
@@ -62,7 +74,7 @@ def test_train_on_gcs_resumes_exactly_keeps_k_and_writes_its_logs(gcs, tmp_path)
                      safetensors.numpy.load_file(str(out / "hf" / "model.safetensors")))
   (pred, evaluated, weights), (gcs_pred, gcs_evaluated, gcs_weights) = outputs["local"], outputs["gcs"]
   assert gcs_pred == pred and gcs_evaluated == evaluated and gcs_weights.keys() == weights.keys()
-  assert all(np.abs(gcs_weights[k] - weights[k]).max() <= 1e-6 for k in weights)
+  assert all(np.array_equal(gcs_weights[k], weights[k]) for k in weights)
   lines = run_in_process(str(tmp_path / "from_gcs"), 0, f"--gin.INITIAL_CHECKPOINT_PATH='{remote}/checkpoints/6'")
   assert f"initialised from {remote}/checkpoints/6" in lines  # 0 steps: the restore is what is tested
 
