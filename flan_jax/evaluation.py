@@ -134,6 +134,7 @@ def make_train_evaluator(config, shardings, eval_tasks, split, lengths, batch_si
   settings = inference.Settings(batch_size=batch_size, inputs_length=lengths["inputs"],
                                 max_decode_length=lengths["targets"])
   eval_step = trainer.jit_eval_step(trainer.make_eval_step(config), shardings)
+  zero_sums = trainer.zero_eval_sums(shardings)
   vocab_id = vocab_id or fingerprint(vocabulary)  # hashes the SentencePiece model: train has it already
   layout = partitioning.data_layout(shardings.mesh, batch_size)
   local_size = layout.rows
@@ -159,10 +160,9 @@ def make_train_evaluator(config, shardings, eval_tasks, split, lengths, batch_si
     out = {}
     model = inference.Model(config, params, vocabulary, vocab_id, shardings.mesh)
     for task in eval_tasks:
-      sums = None
+      sums = zero_sums
       for local in batches(task):
-        m = eval_step(params, partitioning.global_batch(local, shardings.mesh, layout))
-        sums = m if sums is None else jax.tree.map(lambda a, b: a + b, sums, m)
+        sums = eval_step(params, partitioning.global_batch(local, shardings.mesh, layout), sums)
       summary = trainer.summarize(sums)
       out[f"eval/{task}/loss"] = float(summary["loss"])
       out[f"eval/{task}/token_accuracy"] = float(summary["accuracy"])

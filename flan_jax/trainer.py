@@ -94,8 +94,16 @@ def make_train_step(config: T5Config, tx: optax.GradientTransformation, z_loss: 
 
 
 def make_eval_step(config: T5Config):
-  """eval_step(params, batch) -> metric sums (no dropout), to be added up over an eval set."""
-  return lambda params, batch: batch_metrics(config, params, batch, 0.0)[1]
+  """eval_step(params, batch, sums) -> `sums` plus the batch's metric sums (no dropout). Carrying the sums
+  through the steps of an eval set makes each step wait for the one before, as training steps do: steps with
+  collectives that are all in flight at once, in no fixed order, can deadlock processes on the CPU (gloo)."""
+  return lambda params, batch, sums: jax.tree.map(jnp.add, sums, batch_metrics(config, params, batch, 0.0)[1])
+
+
+def zero_eval_sums(shardings: "Shardings") -> dict:
+  """The sums every eval set starts from, replicated on the mesh as eval_step takes them."""
+  zeros = lambda: {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "z_loss_sum", "tokens", "correct")}
+  return jax.jit(zeros, out_shardings=shardings.replicated)()
 
 
 class Shardings:
@@ -152,4 +160,5 @@ def jit_train_step(train_step, shardings: Shardings):
 
 
 def jit_eval_step(eval_step, shardings: Shardings):
-  return jax.jit(eval_step, in_shardings=(shardings.full, shardings.batch), out_shardings=shardings.replicated)
+  return jax.jit(eval_step, in_shardings=(shardings.full, shardings.batch, shardings.replicated),
+                 out_shardings=shardings.replicated)

@@ -6,10 +6,16 @@ Each trial sends SIGTERM to process 1 alone after a random delay. Both processes
 with the preemption code (or both finish, when the signal comes after the last step), and the rerun must end
 bitwise equal to the uninterrupted run, with the same losses. Prints one line per trial; exits 1 on a failure.
 
+`--uninterrupted N` instead repeats the run without a signal N times (with --busy, beside a process that keeps one
+core busy): every run must finish, which checks that the in-training evals never deadlock the two processes'
+collectives.
+
   .venv/bin/python tests/preemption_trials.py --trials 5 --seed 0
+  .venv/bin/python tests/preemption_trials.py --uninterrupted 14 --busy
 """
 
 import argparse
+import multiprocessing
 import os
 import random
 import re
@@ -30,7 +36,7 @@ FLAGS = [*MODEL_ACROSS_PROCESSES, "--gin.CheckpointConfig.period=1", "--gin.EVAL
          "--gin.EVAL_TASKS=['demo_held_out_rules']", "--gin.EvalConfig.max_examples=16", "--gin.EvalConfig.batch_size=8"]
 
 
-def _run(model_dir, sigterm_after=None):
+def _run(model_dir, sigterm_after=None, timeout=600):
   """(exit codes, outputs, seconds) of one two-process run; SIGTERM to process 1 `sigterm_after` s in."""
   started = time.time()
   procs = _start_two(model_dir, STEPS, *FLAGS)
@@ -40,11 +46,11 @@ def _run(model_dir, sigterm_after=None):
     if procs[1].poll() is None:
       procs[1].send_signal(signal.SIGTERM)
   try:
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    outputs = [p.communicate(timeout=max(1, started + timeout - time.time()))[0] for p in procs]
   except subprocess.TimeoutExpired:  # a hang is a failed trial, not a stuck script
     for p in procs:
       p.kill()
-    outputs = [p.communicate()[0] + "\n(killed after 600 s)" for p in procs]
+    outputs = [p.communicate()[0] + f"\n(killed after {timeout} s)" for p in procs]
   return [p.returncode for p in procs], outputs, time.time() - started
 
 
@@ -54,11 +60,36 @@ def _phase(output: str) -> str:
   return before[-1][:100] if before else "(nothing printed yet)"
 
 
+def _busy():
+  while True:
+    pass
+
+
+def _repeat(runs: int, busy: bool) -> int:
+  """Uninterrupted runs: each must end with both processes done well within 4 minutes."""
+  hog = multiprocessing.Process(target=_busy, daemon=True) if busy else None
+  if hog:
+    hog.start()
+  root, hangs = tempfile.mkdtemp(prefix="uninterrupted_"), 0
+  for run in range(runs):
+    codes, outputs, seconds = _run(os.path.join(root, str(run)), timeout=240)
+    hangs += codes != [0, 0]
+    print(f"run {run}: exit codes {codes} after {seconds:.0f} s", flush=True)
+  if hog:
+    hog.terminate()
+  print(f"{runs - hangs} of {runs} runs finished ({root})")
+  return 1 if hangs else 0
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--trials", type=int, default=5)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--uninterrupted", type=int, default=0, help="repeat the run without a signal N times")
+  parser.add_argument("--busy", action="store_true", help="keep one core busy meanwhile")
   args = parser.parse_args()
+  if args.uninterrupted:
+    sys.exit(_repeat(args.uninterrupted, args.busy))
   rng = random.Random(args.seed)
   root = tempfile.mkdtemp(prefix="preemption_trials_")
   reference = os.path.join(root, "reference")
