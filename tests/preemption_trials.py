@@ -72,7 +72,7 @@ def _repeat(runs: int, busy: bool) -> int:
     hog.start()
   root, hangs = tempfile.mkdtemp(prefix="uninterrupted_"), 0
   for run in range(runs):
-    codes, outputs, seconds = _run(os.path.join(root, str(run)), timeout=240)
+    codes, _, seconds = _run(os.path.join(root, str(run)), timeout=240)
     hangs += codes != [0, 0]
     print(f"run {run}: exit codes {codes} after {seconds:.0f} s", flush=True)
   if hog:

@@ -14,7 +14,7 @@ from flan_jax.data import collection_files, mixing
 from flan_jax.data.collection import register_flan_collection
 from flan_jax.vocab import byte_vocabulary
 from test_flan_collection import _read, sample  # noqa: F401 (a fixture)
-from test_train import run_in_process, saved_arrays, train_losses
+from test_train import assert_bitwise_equal, run_in_process, train_losses
 
 BUCKET = "gs://flan-jax-test"
 
@@ -41,7 +41,10 @@ def test_train_on_gcs_resumes_exactly_keeps_k_and_writes_its_logs(gcs, tmp_path)
             "--gin.EVAL_TASKS=['demo_held_in']", "--gin.EVAL_PERIOD=6", "--gin.EvalConfig.max_examples=4",
             "--gin.EvalConfig.best_metric='eval/demo_held_in/accuracy'"]
   run_in_process(remote, 6, *common)
-  straight, straight_losses = saved_arrays(remote, 6), train_losses(remote)
+  # A local copy of the uninterrupted run: the resume's reference, and what infer/eval/export compare gs:// with.
+  local = str(tmp_path / "local")
+  _copy_tree(epath.Path(remote, "checkpoints"), os.path.join(local, "checkpoints"))
+  straight_losses = train_losses(remote)
   for step in ("checkpoints/6", "best/6"):  # as a VM preempted after step 4 left it; the rerun goes on from gs://
     epath.Path(remote, step).rmtree()
   lines = run_in_process(remote, 6, *common)
@@ -49,17 +52,14 @@ def test_train_on_gcs_resumes_exactly_keeps_k_and_writes_its_logs(gcs, tmp_path)
   assert "restored the input position at step 4" in lines
   assert _steps(f"{remote}/checkpoints") == [4, 6]  # keep 2
   assert sorted(p.name for p in epath.Path(remote, "checkpoints").iterdir() if p.name[0].isdigit()) == ["4", "6"]
-  resumed = saved_arrays(remote, 6)
-  assert len(resumed) == len(straight) and all(np.array_equal(a, b) for a, b in zip(resumed, straight))
+  assert_bitwise_equal(local, remote, 6)
   assert train_losses(remote) == straight_losses and sorted(straight_losses) == [1, 2, 3, 4, 5, 6]
   assert len(_steps(f"{remote}/best")) == 1
   assert epath.Path(remote, "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
   assert any(p.name.startswith("events.out.tfevents") for p in epath.Path(remote).iterdir())
 
-  # infer, eval and export-hf read the gs:// checkpoint as they read the same files copied to a local folder;
+  # infer, eval and export-hf read the gs:// checkpoint as they read the same arrays in a local folder;
   # INITIAL_CHECKPOINT_PATH may be on gs:// too.
-  local = str(tmp_path / "local")
-  _copy_tree(epath.Path(remote, "checkpoints"), os.path.join(local, "checkpoints"))
   (tmp_path / "in.jsonl").write_text(json.dumps({"inputs": "sort: 3 1 2"}) + "\n")
   outputs = {}
   for name, run in (("local", local), ("gcs", remote)):
