@@ -1,16 +1,16 @@
 """A local Google Cloud Storage (JSON API) server for tests: gcp-storage-emulator with the gaps real clients
 hit filled in. Run as `python gcs_server.py PORT LIFETIME_SECONDS`; it stops itself after LIFETIME_SECONDS.
 
-Filled in: the in-memory server no longer re-serialises its whole object table to JSON on every write
-(nothing reads it back; each upload was slower than the last, 60 s to save one tiny-model checkpoint late in
-the suite), object listing honours startOffset/endOffset (tensorstore lists and deletes key ranges with them;
-ignored, a range delete wipes the bucket), downloads carry x-goog-generation (tensorstore needs it), objects
-have moveTo (gcsfs renames with it), and uploads honour ifGenerationMatch (conditional writes).
+Filled in: the in-memory server no longer re-serialises its whole object table to JSON on every write (nothing
+reads it back; each upload grew slower than the last), object listing honours startOffset/endOffset (tensorstore
+lists and deletes key ranges with them; ignored, a range delete wipes the bucket), the listen backlog holds every
+connection a client opens at once, downloads carry x-goog-generation (tensorstore needs it), objects have moveTo
+(gcsfs renames with it), and uploads honour ifGenerationMatch (conditional writes).
 """
 
 import sys
 import time
-from http import HTTPStatus
+from http import HTTPStatus, server as http_server
 
 from gcp_storage_emulator import server, storage as emulator_storage
 from gcp_storage_emulator.exceptions import NotFound
@@ -96,6 +96,9 @@ def patch_handlers():
 def main():
   port, lifetime = int(sys.argv[1]), float(sys.argv[2])
   patch_handlers()
+  # The server answers one request at a time; tensorstore opens dozens of connections at once. With the standard
+  # listen backlog of 5 the kernel drops the rest, and each dropped connection waits a second before retrying.
+  http_server.HTTPServer.request_queue_size = 1024
   emulator_storage.Storage._write_config_to_file = lambda self: None
   gcs = server.create_server("127.0.0.1", port, in_memory=True)
   gcs.start()
