@@ -44,6 +44,8 @@ def run_cli(*args, env=None, wait=True, cwd=None):
   # Without PYTHONUNBUFFERED, as a user's shell would have it: a killed process's progress lines must get out.
   user_env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
   full_env = {**user_env, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+  if env and "XLA_FLAGS" in env:  # added to this process's flags (conftest.py), not instead of them
+    full_env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {env['XLA_FLAGS']}".strip()
   if not wait:
     return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
   return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=600, cwd=cwd)
