@@ -22,9 +22,9 @@ _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_CACHE:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="flan-jax-tests-xla-cache-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-# The tests compile about a thousand small programs, most run once or twice: LLVM's optimisations cost more than
-# they save there. The TPU compiler behind `flan-jax plan` ignores the flag. Subprocesses inherit it
-# (test_train.run_cli adds their device counts to it), so runs compared bitwise are compiled alike.
+# The tests compile many small programs, most run once or twice: LLVM's optimisations cost more than they save
+# there. The TPU compiler behind `flan-jax plan` ignores the flag. Subprocesses inherit it (test_train.run_cli adds
+# their device counts to it), so runs compared bitwise are compiled alike.
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
