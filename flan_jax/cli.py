@@ -104,17 +104,23 @@ def _infer(args):
   settings = _settings(args)
   inputs = [r["inputs"] for r in records]
   if args.mode == "predict":
-    values = inference.predict(model, inputs, settings, _progress("predict", len(inputs)))
-    key = "prediction"
+    out = inference.predict(model, inputs, settings, _progress("predict", len(inputs)))
+    length = settings.max_decode_length or inference.DEFAULT_DECODE_LENGTH
+    key, stopped = "prediction", f"answers stopped at {length} tokens (--max_decode_length)"
   else:
-    values = inference.score(model, inputs, [r["targets"] for r in records], settings, _progress("score", len(inputs)))
-    key = "log_likelihood"
+    out = inference.score(model, inputs, [r["targets"] for r in records], settings, _progress("score", len(inputs)))
+    key, stopped = "log_likelihood", f"targets longer than {settings.max_decode_length} tokens cut (--max_decode_length)"
+  inputs_cut = f"inputs longer than {settings.inputs_length} tokens cut to their start (--inputs_length)"
+  for count, what in ((out.inputs_cut.sum(), inputs_cut), (out.answers_cut.sum(), stopped)):
+    if count:
+      _stderr(f"infer: {count} of {len(records)} {what} (marked in the output)")
   if jax.process_index() == 0:  # every process ran every batch on the shared mesh and has every result
     output = args.output
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output + ".tmp", "w") as f:
-      for record, value in zip(records, values):
-        f.write(json.dumps({**record, key: value}) + "\n")
+      for i, (record, value) in enumerate(zip(records, out.values)):
+        cut = {k: True for k in ("inputs_cut", "answers_cut") if getattr(out, k)[i]}
+        f.write(json.dumps({**record, key: value, **cut}) + "\n")
     os.replace(output + ".tmp", output)
     print(f"wrote {len(records)} records to {output}")
 
@@ -307,8 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_examples", type=_number(int, 1), default=None)
     p.add_argument("--module", action="append", default=[], help="extra module registering tasks (repeatable)")
     p.add_argument("--batch_size", type=_number(int, 1), default=8)
-    p.add_argument("--inputs_length", type=_number(int, 1), default=512)
-    p.add_argument("--max_decode_length", type=_number(int, 1), default=128)
+    p.add_argument("--inputs_length", type=_number(int, 1), default=None,
+                   help="cut longer inputs to their first tokens, counted (default: eval, the task's protocol; "
+                        "infer, never cut)")
+    p.add_argument("--max_decode_length", type=_number(int, 1), default=None,
+                   help="default: eval, the task's protocol; infer, 128 (answers it stops are counted)")
     p.add_argument("--beam_size", type=_number(int, 1), default=1, help="1: greedy or sampling; >1: beam search")
     p.add_argument("--alpha", type=_number(float, 0), default=0.6, help="beam search brevity penalty")
     p.add_argument("--temperature", type=_number(float, 0), default=0.0, help="0: greedy")

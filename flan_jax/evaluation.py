@@ -1,12 +1,14 @@
-"""Held-out evaluation, standalone (`flan-jax eval`) and during training: per-task accuracy by rank
-classification (tasks with fixed options, e.g. MMLU) or by generation (BBH direct and CoT, Flan tasks), averaged
-per mixture; a console table and a JSON file.
+"""Held-out evaluation, standalone (`flan-jax eval`) and during training: per-task accuracy as the task's
+protocol scores it (flan_jax.data.protocol: MMLU by the first decoder step's logits over its letters, options
+tasks by rank classification, the rest by generation), averaged per mixture; a console table and a JSON file.
+Every input cut and every answer stopped by a length is counted per task, in the results and the progress line.
 
 Generated answers are compared after taking the text after "the answer is" when present, so a chain of
-thought is judged by its final answer; a task may register its own judge (MGSM's final number, TyDi QA's
+thought is judged by its final answer; a protocol may bring its own judge (MGSM's final number, TyDi QA's
 normalised exact match).
 """
 
+import dataclasses
 import re
 
 import jax
@@ -15,6 +17,7 @@ import seqio
 
 from flan_jax import inference, partitioning, trainer
 from flan_jax.data import pipeline, registration
+from flan_jax.data.protocol import Protocol
 from flan_jax.errors import UserError
 from flan_jax.vocab import fingerprint
 
@@ -27,7 +30,7 @@ def answer_of(text: str) -> str:
 
 
 def same_answer(prediction: str, target: str) -> bool:
-  """The default judge of a generated answer; a task may register its own (registration.ANSWER_MATCH)."""
+  """The default judge of a generated answer; a task's protocol may bring its own."""
   return answer_of(prediction) == answer_of(target)
 
 
@@ -41,9 +44,15 @@ def expand(names) -> list[tuple[str, list[str]]]:
   return groups
 
 
+def protocol_of(task_name: str) -> Protocol:
+  return registration.PROTOCOLS.get(task_name) or Protocol()
+
+
 def examples(task_name: str, split: str | None, max_examples: int | None) -> tuple[str, list[tuple[str, str]]]:
-  """(split used, [(inputs, targets)]): the text before tokenization, in a fixed order."""
+  """(split used, [(inputs, targets)]): the text before tokenization, in a fixed order. Split None: the
+  task's protocol's, else validation, else test, else train."""
   task = seqio.get_mixture_or_task(task_name)
+  split = split or protocol_of(task_name).split
   if split is None:
     split = "validation" if "validation" in task.splits else "test" if "test" in task.splits else "train"
   if split not in task.splits:
@@ -53,6 +62,20 @@ def examples(task_name: str, split: str | None, max_examples: int | None) -> tup
     ds = ds.take(max_examples)
   return split, [(ex["inputs_pretokenized"].decode("utf-8"), ex["targets_pretokenized"].decode("utf-8"))
                  for ex in pipeline.iterate(ds)]
+
+
+def task_settings(protocol: Protocol, settings: inference.Settings) -> tuple[inference.Settings, dict]:
+  """The settings a task runs with: the protocol's lengths where the caller set none; and each length the
+  caller changed, {name: {"protocol": value, "used": value}}, for the results (a decode length only where the
+  task decodes; a protocol's None: the longest input, or the default decode length)."""
+  used, overrides = {}, {}
+  names = ("inputs_length", "max_decode_length") if protocol.scoring == "generation" else ("inputs_length",)
+  for name in names:
+    ours, theirs = getattr(protocol, name), getattr(settings, name)
+    used[name] = theirs or ours
+    if theirs and theirs != ours:
+      overrides[name] = {"protocol": ours, "used": theirs}
+  return dataclasses.replace(settings, **used), overrides
 
 
 def evaluate_task(model: inference.Model, task_name: str, split, settings: inference.Settings,
@@ -67,23 +90,26 @@ def evaluate_task(model: inference.Model, task_name: str, split, settings: infer
   if not rows:
     raise UserError(f"task {task_name} split {split!r} has no examples")
   inputs, targets = [r[0] for r in rows], [r[1] for r in rows]
-  options = registration.RANK_OPTIONS.get(task_name)
-  if options:
-    scores = inference.score_options(model, inputs, options, settings)
-    chosen = [options[int(i)] for i in np.argmax(scores, axis=1)]
-    correct = [c == t for c, t in zip(chosen, targets)]
-    method, predictions = "rank_classification", chosen
-  else:
-    predictions = inference.predict(model, inputs, settings)
-    match = registration.ANSWER_MATCH.get(task_name, same_answer)
+  protocol = protocol_of(task_name)
+  settings, overrides = task_settings(protocol, settings)
+  if protocol.scoring == "generation":
+    out = inference.predict(model, inputs, settings)
+    predictions = out.values
+    match = protocol.match or same_answer
     correct = [bool(match(p, t)) for p, t in zip(predictions, targets)]
-    method = "generation"
+  else:
+    options = list(protocol.options)
+    out = inference.score_options(model, inputs, options, settings, first_token=protocol.scoring == "first_token")
+    predictions = [options[int(np.argmax(s))] for s in out.values]
+    correct = [c == t for c, t in zip(predictions, targets)]
   # seqio-style metric functions registered with the task: fn(targets, predictions) -> {name: value}.
   metrics = {}
   for fn in task.predict_metric_fns:
     metrics.update({k: float(v) for k, v in fn(targets, predictions).items()})
   return {"accuracy": float(np.mean(correct)), "metrics": metrics, "examples": len(rows), "split": split,
-          "method": method, "chance": registration.CHANCE.get(task_name, 0.0), "predictions": predictions}
+          "method": protocol.scoring, "chance": protocol.chance, "predictions": predictions,
+          "inputs_length": settings.inputs_length, "max_decode_length": settings.max_decode_length,
+          "overrides": overrides, "inputs_cut": int(out.inputs_cut.sum()), "answers_cut": int(out.answers_cut.sum())}
 
 
 def _evaluate_mixture(model, mixture: seqio.Mixture, split, settings, max_examples) -> dict:
@@ -95,7 +121,18 @@ def _evaluate_mixture(model, mixture: seqio.Mixture, split, settings, max_exampl
           "examples": sum(p["examples"] for p in parts), "split": parts[0]["split"],
           "method": methods[0] if len(methods) == 1 else "mixed",
           "chance": float(np.mean([p["chance"] for p in parts])),
-          "predictions": [x for p in parts for x in p["predictions"]]}
+          "predictions": [x for p in parts for x in p["predictions"]],
+          "inputs_cut": sum(p["inputs_cut"] for p in parts), "answers_cut": sum(p["answers_cut"] for p in parts)}
+
+
+def cuts_line(result: dict) -> str:
+  """What did not fit, for the task's progress line ("" when everything fit)."""
+  cuts = []
+  if result["inputs_cut"]:
+    cuts.append(f"{result['inputs_cut']} inputs longer than {result.get('inputs_length')} tokens cut to their start")
+  if result["answers_cut"]:
+    cuts.append(f"{result['answers_cut']} answers stopped at {result.get('max_decode_length')} tokens")
+  return f"; NOT FIT: {', '.join(cuts)}" if cuts else ""
 
 
 def evaluate(model: inference.Model, names, settings: inference.Settings, split=None, max_examples=None,
@@ -108,8 +145,9 @@ def evaluate(model: inference.Model, names, settings: inference.Settings, split=
         results["tasks"][task] = evaluate_task(model, task, split, settings, max_examples)
         r = results["tasks"][task]
         extra = "".join(f", {k} {v:.3f}" for k, v in r["metrics"].items())
+        changed = "".join(f", {k} {v['used']} (protocol: {v['protocol']})" for k, v in r["overrides"].items())
         log_fn(f"{task}: accuracy {r['accuracy']:.3f}{extra} on {r['examples']} {r['split']} examples "
-               f"({r['method']})")
+               f"({r['method']}{changed}){cuts_line(r)}")
     results["groups"][group] = float(np.mean([results["tasks"][t]["accuracy"] for t in tasks]))
   return results
 
@@ -125,10 +163,11 @@ def table(results: dict) -> str:
 
 
 def make_train_evaluator(config, shardings, eval_tasks, split, lengths, batch_size, max_examples, vocabulary,
-                         vocab_id: str | None = None):
+                         vocab_id: str | None = None, log_fn=print):
   """In-training eval: params -> {'eval/<task>/loss', '.../token_accuracy', '.../accuracy'}: teacher-forced loss
   and token accuracy over the split on the training mesh, and the accuracy of decoded answers on its first
-  `max_examples` examples."""
+  `max_examples` examples. Both see the inputs as training does (cut to `lengths`); what did not fit is printed
+  once per task and reported as '.../inputs_cut' and '.../answers_cut'."""
   if not eval_tasks:
     return None
   settings = inference.Settings(batch_size=batch_size, inputs_length=lengths["inputs"],
@@ -138,7 +177,7 @@ def make_train_evaluator(config, shardings, eval_tasks, split, lengths, batch_si
   vocab_id = vocab_id or fingerprint(vocabulary)  # hashes the SentencePiece model: train has it already
   layout = partitioning.data_layout(shardings.mesh, batch_size)
   local_size = layout.rows
-  cached = {}
+  cached, reported = {}, set()
 
   def batches(task):
     if task not in cached:  # eval sets are small: read once, pad to the same number of batches on every host
@@ -154,7 +193,19 @@ def make_train_evaluator(config, shardings, eval_tasks, split, lengths, batch_si
       padded = rows + [blank] * (count * local_size - len(rows))
       cached[task] = [{k: np.stack([r[k] for r in padded[i:i + local_size]]) for k in blank}
                       for i in range(0, len(padded), local_size)]
+      _report_cuts(task)
     return cached[task]
+
+  def _report_cuts(task):
+    """The loss sees every example of the split, cut as training cuts it: say once how many did not fit."""
+    for name in [t for _, tasks in expand([task]) for t in tasks]:
+      _, rows = examples(name, split, None)
+      inputs_cut = inference.tokenize(vocabulary, [r[0] for r in rows], lengths["inputs"])[1].sum()
+      targets_cut = inference.tokenize(vocabulary, [r[1] for r in rows], lengths["targets"])[1].sum()
+      if inputs_cut or targets_cut:
+        log_fn(f"eval {name} ({split}): of {len(rows)} examples, {inputs_cut} inputs longer than "
+               f"{lengths['inputs']} tokens and {targets_cut} targets longer than {lengths['targets']} are cut to "
+               "their start, as in training")
 
   def evaluate(params):
     out = {}
@@ -166,10 +217,15 @@ def make_train_evaluator(config, shardings, eval_tasks, split, lengths, batch_si
       summary = trainer.summarize(sums)
       out[f"eval/{task}/loss"] = float(summary["loss"])
       out[f"eval/{task}/token_accuracy"] = float(summary["accuracy"])
-      if max_examples:  # what inference would answer: generation, or rank classification for option tasks
+      if max_examples:  # what inference would answer, as the task's protocol scores it
         result = evaluate_task(model, task, split, settings, max_examples)
         out[f"eval/{task}/accuracy"] = result["accuracy"]
         out.update({f"eval/{task}/{k}": v for k, v in result["metrics"].items()})
+        out[f"eval/{task}/inputs_cut"] = result["inputs_cut"]
+        out[f"eval/{task}/answers_cut"] = result["answers_cut"]
+        if task not in reported and (result["inputs_cut"] or result["answers_cut"]):
+          reported.add(task)
+          log_fn(f"eval {task}: accuracy on {result['examples']} examples{cuts_line(result)}")
     accuracies = [v for k, v in out.items() if k.endswith("/accuracy") and not k.endswith("token_accuracy")]
     if accuracies:
       out["eval/average/accuracy"] = float(np.mean(accuracies))  # a natural best_metric

@@ -2,10 +2,12 @@
 beside the published Flan-T5 row of the same size, with the normalized average (flan_jax.paper_results).
 
 Each benchmark is a registered mixture evaluated by flan_jax.evaluation (so the same progress lines, the same
-multi-process decoding): MMLU direct (5-shot, rank classification) and CoT (the paper authors' 5-shot prompts,
+multi-process decoding), each task by its protocol (docs/training.md): MMLU direct (evaluate_flan.py's 5-shot
+first-step logits) and CoT (the paper authors' 5-shot prompts,
 the letter after "The answer is"), BBH direct and CoT (3-shot), MGSM (8-shot CoT, every language found) and
 TyDi QA GoldP (1-shot, from the dev file the user names; without one it is null and the normalized average is
-over the other five). Each benchmark runs on the paper's split: MMLU validation, the others their only one.
+over the other five). Each benchmark runs on its protocol's split: MMLU test, as evaluate_flan.py, the others
+their only one.
 """
 
 import numpy as np

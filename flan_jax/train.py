@@ -190,7 +190,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, data: 
         start.config, tx, step.z_loss, step.loss_normalizing_factor, step.num_microbatches), shardings)
     eval_fn = evaluation_lib.make_train_evaluator(
         start.config, shardings, evaluation.tasks, evaluation.split, data.task_feature_lengths,
-        evaluation.batch_size, evaluation.max_examples, vocabulary, start.vocab_id)
+        evaluation.batch_size, evaluation.max_examples, vocabulary, start.vocab_id, log_fn)
     loop.run(state, step_fn, eval_fn, iterator, layout, mesh, dropout_key, data.mixture_or_task_name)
   if jax.process_index() == 0:
     for line in loop.summary(time.time() - started):

@@ -1,6 +1,12 @@
-"""Held-out evaluation tasks read from directories: MMLU (5-shot, the original paper's format; and 5-shot
-chain-of-thought with the Flan paper authors' prompts, `mmlu-cot.json` beside the CSV folders) and BBH (3-shot
-chain-of-thought from its cot-prompts, and direct). Never put these in a training mixture.
+"""Held-out evaluation tasks read from directories, each with the protocol of the reference that reproduces
+Flan-T5's published numbers: MMLU as hendrycks/test evaluate_flan.py scores it (5-shot from dev, exemplars
+dropped from the end while the prompt is over 2,048 tokens, the first decoder step's logits over A/B/C/D, the
+test split); MMLU 5-shot chain of thought with the Flan paper authors' prompts (`mmlu-cot.json` beside the CSV
+folders, the letter after "The answer is"); BBH with suzgun et al.'s cot-prompts (3-shot, chain of thought or
+direct, exact match of the answer after "So the answer is"). Never put these in a training mixture.
+
+One difference from evaluate_flan.py: it reads the CSV files with pandas, which turns a choice written "None"
+into "nan" (2 of the 1,380 test questions of the shared subjects); the text here is the file's.
 
 Every `<subject>_test.csv` under an MMLU directory and every `tasks/<name>.json` under a BBH directory
 becomes a task: no list of names is hard-coded. Registered from the shared data when it exists; call
@@ -15,12 +21,15 @@ import re
 
 import seqio
 
-from flan_jax.data import add_mixture, register_prompt_task
+from flan_jax.data import Protocol, add_mixture, register_prompt_task
+from flan_jax.data.protocol import fitting_length
 from flan_jax.data.paths import shared_data_dir
 from flan_jax.errors import UserError
 from flan_jax.vocab import sentencepiece_vocabulary
 
 MMLU_CHOICES = ["A", "B", "C", "D"]
+MMLU_SHOTS = 5
+MMLU_MAX_TOKENS = 2048  # evaluate_flan.py drops exemplars while the prompt (with EOS) is longer
 
 
 def _read_csv(path):
@@ -44,10 +53,20 @@ def mmlu_prompt(subject: str, dev_rows, row) -> str:
   return header + "".join(mmlu_question(r, True) for r in dev_rows) + mmlu_question(row, False)
 
 
-def mmlu_records(directory: str, subject: str, split: str) -> list[dict]:
-  dev = _read_csv(os.path.join(directory, "dev", f"{subject}_dev.csv"))[:5]
+def mmlu_fitted_prompt(subject: str, dev_rows, row, vocabulary, max_tokens: int = MMLU_MAX_TOKENS) -> str:
+  """The prompt with the first k exemplars, k the largest (at most 5) whose prompt and EOS fit in max_tokens: the
+  last exemplars go first, whole, and the question is never cut (a question over the limit alone is cut, and
+  counted, by the evaluator)."""
+  for k in range(len(dev_rows), -1, -1):
+    prompt = mmlu_prompt(subject, dev_rows[:k], row)
+    if k == 0 or len(vocabulary.encode(prompt)) + 1 <= max_tokens:
+      return prompt
+
+
+def mmlu_records(directory: str, subject: str, split: str, vocabulary) -> list[dict]:
+  dev = _read_csv(os.path.join(directory, "dev", f"{subject}_dev.csv"))[:MMLU_SHOTS]
   rows = _read_csv(os.path.join(directory, split, f"{subject}_{split}.csv"))
-  return [{"inputs": mmlu_prompt(subject, dev, row), "targets": row[5]} for row in rows]
+  return [{"inputs": mmlu_fitted_prompt(subject, dev, row, vocabulary), "targets": row[5]} for row in rows]
 
 
 def mmlu_subjects(directory: str) -> list[str]:
@@ -55,15 +74,20 @@ def mmlu_subjects(directory: str) -> list[str]:
   return sorted(os.path.basename(p)[:-len("_test.csv")] for p in paths)
 
 
+MMLU_PROTOCOL = Protocol(scoring="first_token", options=tuple(MMLU_CHOICES), inputs_length=MMLU_MAX_TOKENS,
+                         split="test")
+
+
 def register_mmlu(directory: str, vocabulary: seqio.Vocabulary, metric_fns=(), prefix: str = "mmlu") -> list[str]:
-  """Tasks <prefix>_<subject> (splits 'validation' = val, 'test') and the mixture <prefix>."""
+  """Tasks <prefix>_<subject> (splits 'validation' = val, 'test'; evaluated on test) and the mixture <prefix>."""
   subjects = mmlu_subjects(directory)
   if not subjects:
     raise UserError(f"no MMLU subjects in {directory} (expected test/<subject>_test.csv)")
   names = []
   for subject in subjects:
-    records = {"validation": mmlu_records(directory, subject, "val"), "test": mmlu_records(directory, subject, "test")}
-    register_prompt_task(f"{prefix}_{subject}", records, vocabulary, metric_fns, options=MMLU_CHOICES)
+    records = {"validation": mmlu_records(directory, subject, "val", vocabulary),
+               "test": mmlu_records(directory, subject, "test", vocabulary)}
+    register_prompt_task(f"{prefix}_{subject}", records, vocabulary, metric_fns, protocol=MMLU_PROTOCOL)
     names.append(f"{prefix}_{subject}")
   add_mixture(prefix, [(n, None) for n in names], split="test")
   return names
@@ -110,12 +134,16 @@ def register_mmlu_cot(directory: str, vocabulary: seqio.Vocabulary, prefix: str 
   if missing:
     raise UserError(f"{path} has no prompt for MMLU subject(s) {', '.join(missing)}")
   names = []
+  # Long enough for the longest answer of the authors' exemplars, which a model imitates.
+  answers = [shot.split("\nA: ", 1)[1] for p in prompts.values() for shot in p.strip().split("\n\nQ: ")[1:]
+             if "\nA: " in shot]
+  protocol = Protocol(match=mmlu_letter_match, chance=100.0 / len(MMLU_CHOICES), split="test",
+                      max_decode_length=fitting_length(vocabulary, answers))
   for subject in subjects:
     records = {split: [{"inputs": mmlu_cot_prompt(prompts[subject], row), "targets": row[5]}
                        for row in _read_csv(os.path.join(directory, folder, f"{subject}_{folder}.csv"))]
                for split, folder in (("validation", "val"), ("test", "test"))}
-    register_prompt_task(f"{prefix}_{subject}", records, vocabulary, match=mmlu_letter_match,
-                         chance=100.0 / len(MMLU_CHOICES))
+    register_prompt_task(f"{prefix}_{subject}", records, vocabulary, protocol=protocol)
     names.append(f"{prefix}_{subject}")
   add_mixture(prefix, [(n, None) for n in names], split="test")
   return names
@@ -172,8 +200,10 @@ def register_bbh(directory: str, vocabulary: seqio.Vocabulary, metric_fns=(), pr
     for mode in names:
       records = [{"inputs": bbh_prompt(description, shots, ex["input"], mode == "cot"), "targets": ex["target"]}
                  for ex in examples]
-      register_prompt_task(f"{prefix}_{name}_{mode}", {"test": records}, vocabulary, metric_fns,
-                           chance=bbh_chance(examples))
+      # Long enough for the longest answer of this task's exemplars (chain of thought, or the bare answer).
+      answers = [chain if mode == "cot" else answer for _, chain, answer in shots]
+      protocol = Protocol(chance=bbh_chance(examples), split="test", max_decode_length=fitting_length(vocabulary, answers))
+      register_prompt_task(f"{prefix}_{name}_{mode}", {"test": records}, vocabulary, metric_fns, protocol=protocol)
       names[mode].append(f"{prefix}_{name}_{mode}")
   for mode, task_names in names.items():
     add_mixture(f"{prefix}_{mode}", [(n, None) for n in task_names], split="test")

@@ -16,7 +16,8 @@ import re
 
 import seqio
 
-from flan_jax.data import add_mixture, register_prompt_task
+from flan_jax.data import Protocol, add_mixture, register_prompt_task
+from flan_jax.data.protocol import fitting_length
 from flan_jax.data.paths import shared_data_dir
 from flan_jax.errors import UserError
 from flan_jax.vocab import sentencepiece_vocabulary
@@ -70,7 +71,7 @@ def final_number(text: str, phrases=(ENGLISH_PHRASE,)) -> float | None:
 
 
 def number_match(phrases):
-  """match(prediction, target) for ANSWER_MATCH: the decoded numbers compared, never their tokens, so scripts
+  """The protocol's match(prediction, target): the decoded numbers compared, never their tokens, so scripts
   the vocabulary lacks cannot turn a right number wrong."""
   phrases = tuple(phrases) + (ENGLISH_PHRASE,)
 
@@ -120,7 +121,10 @@ def register_mgsm(directory: str, vocabulary: seqio.Vocabulary, prefix: str = "m
       raise UserError(f"{path}: the {lang!r} exemplars need a 'q' and an 'a', each starting with its cue "
                       "(\"Question:\")")
     records = [{"inputs": mgsm_prompt(shots, q), "targets": a} for q, a in _read_tsv(tsv)]
-    register_prompt_task(f"{prefix}_{lang}", {"test": records}, vocabulary, match=number_match(answer_phrases(shots)))
+    # Long enough for the longest of the language's exemplar answers, which a model imitates.
+    protocol = Protocol(match=number_match(answer_phrases(shots)), split="test",
+                        max_decode_length=fitting_length(vocabulary, [ex["a"] for ex in shots]))
+    register_prompt_task(f"{prefix}_{lang}", {"test": records}, vocabulary, protocol=protocol)
     names.append(f"{prefix}_{lang}")
   add_mixture(prefix, [(n, None) for n in names], split="test")
   return names

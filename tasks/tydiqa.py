@@ -16,7 +16,8 @@ import string
 import seqio
 from etils import epath
 
-from flan_jax.data import add_mixture, register_prompt_task
+from flan_jax.data import Protocol, add_mixture, register_prompt_task
+from flan_jax.data.protocol import fitting_length
 from flan_jax.errors import UserError
 
 # The id prefixes of the GoldP languages, as the paper names them.
@@ -35,7 +36,7 @@ def normalize_answer(text: str) -> str:
 
 
 def exact_match(prediction: str, target: str) -> bool:
-  """match(prediction, target) for ANSWER_MATCH: the target holds every gold answer as a JSON list, and the
+  """The protocol's match(prediction, target): the target holds every gold answer as a JSON list, and the
   best of them counts (SQuAD's max over ground truths)."""
   return any(normalize_answer(prediction) == normalize_answer(gold) for gold in json.loads(target))
 
@@ -74,7 +75,10 @@ def register_tydiqa(path: str, vocabulary: seqio.Vocabulary, prefix: str = "tydi
     shot, rest = examples[0], examples[1:]
     records = [{"inputs": qa_block(shot, shot["answers"][0]) + "\n\n" + qa_block(ex),
                 "targets": json.dumps(ex["answers"], ensure_ascii=False)} for ex in rest]
-    register_prompt_task(f"{prefix}_{lang}", {"validation": records}, vocabulary, match=exact_match)
+    # Long enough for every gold answer of the language: the length only bounds decoding.
+    protocol = Protocol(match=exact_match, split="validation",
+                        max_decode_length=fitting_length(vocabulary, [a for ex in examples for a in ex["answers"]]))
+    register_prompt_task(f"{prefix}_{lang}", {"validation": records}, vocabulary, protocol=protocol)
     names.append(f"{prefix}_{lang}")
   if not names:
     raise UserError(f"{path}: no language besides English has two questions (one is the one-shot exemplar)")

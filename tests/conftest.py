@@ -72,6 +72,12 @@ def shared_data():
   return os.path.abspath(SHARED_DATA)
 
 
+@pytest.fixture(scope="session")
+def t5_vocab(shared_data):
+  from flan_jax.vocab import sentencepiece_vocabulary
+  return sentencepiece_vocabulary(os.path.join(shared_data, "t5_vocab", "spiece.model"))
+
+
 GCS_ENV = {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "GOOGLE_AUTH_TOKEN_FOR_TESTING": "dummy",
            "EPATH_USE_TF": "false", "GOOGLE_CLOUD_PROJECT": "test"}  # EPATH_USE_TF for subprocesses
 

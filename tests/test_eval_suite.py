@@ -30,12 +30,6 @@ def exemplars(shared_data):
     return json.load(f)
 
 
-@pytest.fixture(scope="module")
-def t5_vocab(shared_data):
-  from flan_jax.vocab import sentencepiece_vocabulary
-  return sentencepiece_vocabulary(os.path.join(shared_data, "t5_vocab", "spiece.model"))
-
-
 # --- MMLU CoT ---
 
 def test_mmlu_cot_prompt_is_the_shared_prompt_a_blank_line_then_the_question(held_out, shared_data):
@@ -100,6 +94,35 @@ def test_scripts_the_t5_vocabulary_lacks_decode_as_unknowns_and_keep_right_numbe
     judge = mgsm.number_match(mgsm.answer_phrases(exemplars[lang]))
     assert judge(decoded, "11") and not judge(decoded, "12"), (lang, decoded)
   assert 2 in t5_vocab.encode(exemplars["bn"][0]["a"])  # unk, never an error
+
+
+def test_bbh_and_mgsm_answers_are_read_from_chains_longer_than_128_tokens(held_out, mgsm, exemplars, shared_data,
+                                                                         t5_vocab):
+  """Outputs checked by hand, then every BBH and MGSM exemplar answer taken as a model's output: each is judged
+  right against its own answer and fits its task's decode length, the 39 BBH chains over 128 tokens included."""
+  import glob
+  from flan_jax.data.registration import PROTOCOLS
+  hand_checked = [("Let's think step by step. (A) is out. So the answer is (C).", "(C)", True),
+                  ("Let's think step by step. (A) is out. So the answer is (C).", "(A)", False),
+                  ("So the answer is Yes.", "Yes", True), ("So the answer is yes.", "Yes", False),  # exact match
+                  ("So the answer is ] ) }.", "] ) }", True), ("valid", "valid", True), ("So the answer is", "No", False)]
+  assert [evaluation.same_answer(p, t) for p, t, _ in hand_checked] == [right for _, _, right in hand_checked]
+  over_128 = 0
+  for path in sorted(glob.glob(os.path.join(shared_data, "bbh", "cot-prompts", "*.txt"))):
+    with open(path, encoding="utf-8") as f:
+      _, shots = held_out.parse_cot_prompt(f.read())
+    protocol = PROTOCOLS[f"bbh_{os.path.basename(path)[:-4]}_cot"]
+    for _, chain, answer in shots:
+      length = len(t5_vocab.encode(chain)) + 1
+      assert evaluation.same_answer(chain, answer) and length <= protocol.max_decode_length, chain[-80:]
+      over_128 += length > 128
+  assert over_128 == 39
+  assert mgsm.number_match(["Die Antwort lautet"])("… 3 + 4 = 7. Die Antwort lautet 1.250.", "1250")
+  for lang, shots in exemplars.items():
+    protocol = PROTOCOLS[f"mgsm_{lang}"]
+    for shot in shots:
+      gold = mgsm.NUMBER.findall(shot["a"]) and list(mgsm.NUMBER.finditer(shot["a"]))[-1].group(0)
+      assert protocol.match(shot["a"], gold) and len(t5_vocab.encode(shot["a"])) + 1 <= protocol.max_decode_length
 
 
 def test_mgsm_language_without_exemplars_is_one_clear_error(mgsm, t5_vocab, tmp_path):
@@ -320,7 +343,7 @@ def test_suite_end_to_end_on_a_tiny_model(tiny_checkpoint, small_suite, tmp_path
   assert results["normalized_average"] == pytest.approx(paper_results.normalized_average(recomputed))
   assert set(results["benchmarks"]["mgsm"]["tasks"]) == {"mgsm_bn", "mgsm_en"}
   assert set(results["benchmarks"]["tydiqa"]["tasks"]) == {"tydiqa_bn", "tydiqa_fi", "tydiqa_sw"}
-  assert results["tasks"]["mmlu_abstract_algebra"]["split"] == "validation"  # MMLU on the paper's split
+  assert results["tasks"]["mmlu_abstract_algebra"]["split"] == "test"  # MMLU on evaluate_flan.py's split
   assert results["tasks"]["mmlu_cot_abstract_algebra"]["chance"] == 25.0
   assert results["tasks"]["bbh_navigate_direct"]["chance"] == 50.0 and results["paper"] is None
   assert results["tasks"]["bbh_temporal_sequences_cot"]["chance"] == 25.0

@@ -12,7 +12,7 @@ import transformers
 from safetensors.numpy import load_file
 
 import hf_reference
-from flan_jax import checkpoints, cli, decoding, gin_utils, hf, inference, train
+from flan_jax import checkpoints, cli, decoding, evaluation, gin_utils, hf, inference, train
 from flan_jax.errors import UserError
 from flan_jax.models import T5
 
@@ -252,7 +252,7 @@ def _hf_log_likelihood(model, enc, targets):
   return (logp.numpy() * (targets > 0)).sum(-1)
 
 
-def test_infer_predict_and_score_jsonl(tiny_t5, tmp_path, capsys):
+def test_infer_predict_and_score_jsonl(tiny_t5, tmp_path, capsys, shared_data):
   ckpt, hf_model = tiny_t5
   src = tmp_path / "in.jsonl"
   src.write_text('{"inputs": "What is the capital of France?", "targets": "Paris"}\n'
@@ -280,37 +280,46 @@ def test_infer_predict_and_score_jsonl(tiny_t5, tmp_path, capsys):
   assert cli.main(["infer", "--checkpoint", ckpt, "--input", str(src), "--output", str(scored),
                    "--mode", "score", "--max_decode_length", "8", "--batch_size", "2"]) == 0
   ll = [json.loads(line)["log_likelihood"] for line in scored.read_text().splitlines()]
-  expected = _hf_log_likelihood(hf_model, enc, inference.encode(vocabulary, targets, 8, keep_end=False).astype(np.int64))
-  assert np.max(np.abs(np.array(ll) - expected)) <= 1e-4
+  # the targets as transformers' tokenizer writes them: their pieces and one EOS
+  tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.join(shared_data, "hf", "flan-t5-small"))
+  labels = tokenizer(targets, padding="max_length", max_length=8, return_tensors="np").input_ids
+  assert np.max(np.abs(np.array(ll) - _hf_log_likelihood(hf_model, enc, labels))) <= 1e-4
 
 
-def test_eval_mmlu_and_bbh_end_to_end(tiny_t5, tmp_path, capsys):
-  ckpt, hf_model = tiny_t5
+def test_scored_targets_carry_one_eos_built_by_hand(t5_vocab):
+  """Targets are their pieces, then EOS (1), then padding; a target longer than the length keeps its first pieces
+  and EOS, as training cuts it, and is reported."""
+  piece = t5_vocab.tokenizer.piece_to_id
+  dec_in, tgt, cut = inference._teacher_forcing(t5_vocab, ["A", "Paris", "A B C D"], 4)
+  assert tgt.tolist() == [[71, 1, 0, 0], [piece("▁Paris"), 1, 0, 0], [71, piece("▁B"), piece("▁C"), 1]]
+  assert dec_in.tolist() == [[0, 71, 1, 0], [0, piece("▁Paris"), 1, 0], [0, 71, piece("▁B"), piece("▁C")]]
+  assert cut.tolist() == [False, False, True]
+  ids, cut = inference.tokenize(t5_vocab, ["A B C D", "A"], 3)
+  assert ids == [[71, piece("▁B"), 1], [71, 1]] and cut.tolist() == [True, False]
+
+
+def test_eval_counts_what_does_not_fit_and_shows_the_lengths_it_changed(tiny_t5, tmp_path, capsys, shared_data):
+  """Flags shorter than the protocol's lengths: every cut prompt and stopped answer is counted per task, in the
+  JSON and in the task's progress line, and the changed lengths are shown beside the protocol's."""
+  ckpt, _ = tiny_t5
   out = tmp_path / "results.json"
-  code = cli.main(["eval", "--checkpoint", ckpt, "--tasks", "mmlu", "bbh_cot", "bbh_direct",
+  assert cli.main(["eval", "--checkpoint", ckpt, "--tasks", "mmlu_abstract_algebra", "bbh_navigate_cot",
                    "--max_examples", "3", "--max_decode_length", "8", "--batch_size", "8",
-                   "--inputs_length", "256", "--output", str(out)])
-  assert code == 0
-  printed = capsys.readouterr().out
-  assert "average: mmlu" in printed and "average: bbh_cot" in printed and "mmlu_abstract_algebra" in printed
+                   "--inputs_length", "256", "--output", str(out)]) == 0
+  err = capsys.readouterr().err
   results = json.loads(out.read_text())
-  assert len([t for t in results["tasks"] if t.startswith("mmlu_")]) == 9
-  assert len([t for t in results["tasks"] if t.startswith("bbh_") and t.endswith("_cot")]) == 24
-  assert results["tasks"]["bbh_navigate_cot"]["method"] == "generation"
-  # Rank classification picks the option transformers finds most likely, on the same weights.
-  from flan_jax import evaluation
-  vocabulary = inference.load(ckpt).vocabulary
-  for task in ("mmlu_abstract_algebra", "mmlu_management"):
-    mmlu = results["tasks"][task]
-    assert mmlu["method"] == "rank_classification"
+  mmlu, bbh = results["tasks"]["mmlu_abstract_algebra"], results["tasks"]["bbh_navigate_cot"]
+  tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.join(shared_data, "hf", "flan-t5-small"))
+  for task, result in (("mmlu_abstract_algebra", mmlu), ("bbh_navigate_cot", bbh)):
     _, rows = evaluation.examples(task, None, 3)
-    enc = inference.encode(vocabulary, [i for i, _ in rows], 256).astype(np.int64)
-    options = inference.encode(vocabulary, list("ABCD"), 8, keep_end=False).astype(np.int64)
-    ll = np.stack([_hf_log_likelihood(hf_model, enc, np.repeat(options[o:o + 1], len(rows), 0)) for o in range(4)], 1)
-    assert mmlu["predictions"] == ["ABCD"[i] for i in ll.argmax(1)]
-    assert mmlu["accuracy"] == np.mean([p == t for p, (_, t) in zip(mmlu["predictions"], rows)])
-  groups = results["groups"]["mmlu"]
-  assert groups == pytest.approx(np.mean([r["accuracy"] for t, r in results["tasks"].items() if t.startswith("mmlu_")]))
+    longer = sum(len(tokenizer(text).input_ids) > 256 for text, _ in rows)
+    assert result["inputs_cut"] == longer > 0
+  assert mmlu["method"] == "first_token" and mmlu["split"] == "test" and mmlu["answers_cut"] == 0
+  assert mmlu["overrides"] == {"inputs_length": {"protocol": 2048, "used": 256}}
+  assert bbh["method"] == "generation" and bbh["overrides"]["max_decode_length"]["used"] == 8
+  assert bbh["answers_cut"] == 3  # a random model never says EOS
+  assert "mmlu_abstract_algebra: accuracy" in err and f"NOT FIT: {mmlu['inputs_cut']} inputs longer than 256" in err
+  assert "3 answers stopped at 8 tokens" in err
   # a task tokenized with another vocabulary (the demo's bytes) is refused, not decoded into nonsense
   assert cli.main(["eval", "--checkpoint", ckpt, "--tasks", "demo_held_in", "--max_examples", "1"]) == 2
   assert "flan-jax: error: vocab mismatch: task demo_held_in uses ByteVocabulary" in capsys.readouterr().err
@@ -331,7 +340,9 @@ def test_metric_fns_are_applied_to_targets_and_predictions(monkeypatch):
 
   register_prompt_task("test_metric_task", records, byte_vocabulary(), metric_fns=[exact])
   predictions = ["a", "x", "so the answer is c", "d"]
-  monkeypatch.setattr(inference, "predict", lambda model, inputs, settings, progress=None: predictions)
+  fits = np.zeros(len(predictions), bool)
+  monkeypatch.setattr(inference, "predict",
+                      lambda model, inputs, settings, progress=None: inference.Output(predictions, fits, fits))
   model = inference.Model(config=None, params=None, vocabulary=byte_vocabulary())
   result = evaluation.evaluate_task(model, "test_metric_task", "validation", inference.Settings())
   assert seen["args"] == (["a", "b", "The answer is c.", "d"], predictions)
@@ -362,7 +373,7 @@ def test_decoding_compiles_once_per_batch_shape():
   texts = [f"input {i}" for i in range(10)]
   before = decoding.sample._cache_size()
   first = inference.predict(model, texts, settings)
-  assert decoding.sample._cache_size() == before + 1 and len(first) == 10
-  assert inference.predict(model, texts[:3], settings) and decoding.sample._cache_size() == before + 1
+  assert decoding.sample._cache_size() == before + 1 and len(first.values) == 10
+  assert inference.predict(model, texts[:3], settings).values and decoding.sample._cache_size() == before + 1
   inference.predict(model, texts, dataclasses.replace(settings, batch_size=5))
   assert decoding.sample._cache_size() == before + 2

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from flan_jax.data import formats
 from flan_jax.data.preprocessors import flan_preprocessor
+from flan_jax.data.protocol import Protocol
 from flan_jax.errors import UserError
 
 POOL_SIZE = 64  # candidate few-shot exemplars kept per task
@@ -123,33 +124,17 @@ def register_file_task(name: str, files: dict, templates, vocabulary: seqio.Voca
   return register_records_task(name, records, templates, vocabulary, to_fields, pool_split, metric_fns)
 
 
-# Tasks evaluated by rank classification: task name -> the answer options scored for every example.
-RANK_OPTIONS: dict[str, list[str]] = {}
-# Tasks whose generated answers a benchmark judges by its own rule (the final number, exact match after
-# normalisation) rather than by equal answers: task name -> match(prediction, target) -> bool.
-ANSWER_MATCH: dict = {}
-# Accuracy (percent) of guessing uniformly among a task's answers: the lower bound of the Flan paper's normalized
-# scores (BIG-bench's "normalized preferred metric"). Tasks not listed have free-form answers: 0.
-CHANCE: dict[str, float] = {}
+# How each held-out task is scored (flan_jax.data.protocol); tasks not listed are generated and judged by answer.
+PROTOCOLS: dict[str, Protocol] = {}
 
 
 def register_prompt_task(name: str, records_by_split: dict, vocabulary: seqio.Vocabulary, metric_fns=(),
-                         postprocess_fn=None, options: list[str] | None = None, match=None,
-                         chance: float | None = None) -> seqio.Task:
+                         postprocess_fn=None, protocol: Protocol | None = None) -> seqio.Task:
   """A task whose records already hold `inputs` and `targets`: held-out evaluation prompts such as MMLU
-  5-shot or BBH, which must not vary by template. With `options`, evaluation scores each option (rank
-  classification) instead of generating. `match` and `chance`: see ANSWER_MATCH and CHANCE (with options,
-  chance defaults to one in len(options))."""
-  for registry in (RANK_OPTIONS, ANSWER_MATCH, CHANCE):
-    registry.pop(name, None)  # re-registering a name forgets what the old task had
-  if options:
-    RANK_OPTIONS[name] = list(options)
-  if match:
-    ANSWER_MATCH[name] = match
-  if chance is None and options:
-    chance = 100.0 / len(options)
-  if chance:
-    CHANCE[name] = float(chance)
+  5-shot or BBH, which must not vary by template. `protocol` says how evaluation scores it."""
+  PROTOCOLS.pop(name, None)  # re-registering a name forgets what the old task had
+  if protocol:
+    PROTOCOLS[name] = protocol
 
   def decode(dataset):
     def to_strings(line):
