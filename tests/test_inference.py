@@ -298,6 +298,20 @@ def test_scored_targets_carry_one_eos_built_by_hand(t5_vocab):
   assert ids == [[71, piece("▁B"), 1], [71, 1]] and cut.tolist() == [True, False]
 
 
+def test_inference_cuts_an_input_as_the_training_pipeline_does():
+  """One rule for a long input in training, in-training eval, eval and infer: its first tokens, then EOS."""
+  from flan_jax.data import pipeline, register_prompt_task
+  from flan_jax.vocab import byte_vocabulary
+  texts = ["a long input that does not fit in sixteen tokens", "short"]
+  register_prompt_task("test_cut_task", {"validation": [{"inputs": t, "targets": "x"} for t in texts]},
+                       byte_vocabulary())
+  ds = pipeline.get_dataset("test_cut_task", "validation", {"inputs": 16, "targets": 4}, shuffle=False, num_epochs=1,
+                            pack=False)
+  trained = np.stack([row["encoder_input_tokens"] for row in pipeline.iterate(ds)])
+  assert np.array_equal(inference.encode(byte_vocabulary(), texts, 16), trained)
+  assert trained[0, -1] == 1 and inference.tokenize(byte_vocabulary(), texts, 16)[1].tolist() == [True, False]
+
+
 def test_eval_counts_what_does_not_fit_and_shows_the_lengths_it_changed(tiny_t5, tmp_path, capsys, shared_data):
   """Flags shorter than the protocol's lengths: every cut prompt and stopped answer is counted per task, in the
   JSON and in the task's progress line, and the changed lengths are shown beside the protocol's."""
