@@ -10,6 +10,7 @@ interrupted save never leaves a step that restores wrongly.
 
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -33,7 +34,8 @@ def _iterator_file() -> str:
 
 
 class DataIteratorHandler(ocp.CheckpointHandler):
-  """Saves and restores a tf.data iterator in place (tf.train.Checkpoint), one file set per process.
+  """Saves and restores a data iterator in place, one file set per process: a tf.data iterator with
+  tf.train.Checkpoint, or an iterator with get_state() / set_state() (the collection's stream) as JSON.
 
   TensorFlow writes to a local staging directory and the files are copied through etils.epath, so object
   stores go through the same client as the rest of the checkpoint (TensorFlow's own GCS client cannot be
@@ -41,6 +43,9 @@ class DataIteratorHandler(ocp.CheckpointHandler):
 
   def save(self, directory: epath.Path, args: "DataIterator"):
     import tensorflow as tf
+    if hasattr(args.iterator, "get_state"):
+      (directory / (_iterator_file() + ".json")).write_text(json.dumps(args.iterator.get_state()))
+      return
     with tempfile.TemporaryDirectory() as staging:
       tf.train.Checkpoint(ds=args.iterator).write(os.path.join(staging, _iterator_file()))
       for name in os.listdir(staging):
@@ -48,6 +53,12 @@ class DataIteratorHandler(ocp.CheckpointHandler):
 
   def restore(self, directory: epath.Path, args: "DataIterator"):
     import tensorflow as tf
+    if hasattr(args.iterator, "set_state"):
+      state = directory / (_iterator_file() + ".json")
+      if not state.exists():
+        raise UserError(f"{directory} holds a tf.data iterator, not the collection stream's position")
+      args.iterator.set_state(json.loads(state.read_text()))
+      return args.iterator
     with tempfile.TemporaryDirectory() as staging:
       for path in directory.glob(_iterator_file() + ".*"):
         epath.Path(staging, path.name).write_bytes(path.read_bytes())
@@ -162,7 +173,8 @@ def restore(path: str, abstract_params=None, abstract_opt_state=None):
 def has_data_iterator(path: str) -> bool:
   """Whether the checkpoint at `path` holds this process's data iterator (same process count)."""
   root, step = locate(path)
-  return (epath.Path(root) / str(step) / DATA / (_iterator_file() + ".index")).exists()
+  return any((epath.Path(root) / str(step) / DATA / (_iterator_file() + suffix)).exists()
+             for suffix in (".index", ".json"))
 
 
 def restore_data_iterator(path: str, iterator) -> None:

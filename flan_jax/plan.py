@@ -19,8 +19,9 @@ from flan_jax.settings import CheckpointConfig, DatasetConfig, EvalConfig, StepC
 
 GIB = 2**30
 
-# Chip generation -> (HBM per chip in GiB, peak bfloat16 TFLOP/s per chip), from Cloud TPU's documentation.
-CHIPS = {"v4": (32, 275), "v5e": (16, 197), "v5p": (95, 459), "v6e": (32, 918)}
+# Chip generation -> (HBM per chip in GiB, peak bfloat16 TFLOP/s, HBM GB/s per chip), from Cloud TPU's
+# documentation.
+CHIPS = {"v4": (32, 275, 1200), "v5e": (16, 197, 819), "v5p": (95, 459, 2765), "v6e": (32, 918, 1640)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,10 @@ class Topology:
   @property
   def peak_tflops(self) -> int:
     return CHIPS[self.generation][1]
+
+  @property
+  def hbm_gbps(self) -> int:
+    return CHIPS[self.generation][2]
 
 
 def _table() -> dict:

@@ -79,22 +79,24 @@ def test_tasks_mixtures_and_rates_as_the_paper_caps_and_weights_them(sample, mon
   monkeypatch.setitem(collection.CAPS, "cot", 4)
   mixtures = register_flan_collection(str(sample), byte_vocabulary())
   assert mixtures == ["flan2022", "flan2022_cot", "flan2022_flan"]
-  assert sorted(mixing.rates_names("flan2022")) == sorted([
+  assert sorted(t.name for t in seqio.get_mixture_or_task("flan2022").tasks) == sorted([
       "flan2022_flan_glue_cola_2_0_0", "flan2022_flan_anli_r1",
       "flan2022_cot_cot_gsm8k", "flan2022_cot_cot_esnli", "flan2022_cot_cot_gsm8k_ii"])
   assert seqio.get_mixture_or_task("flan2022_flan_anli_r1").num_input_examples("train") == 2 + 3 + 4
 
-  # Capped per template type: cola min(6,4) + min(5,4); anli 2 + 3 + 4; gsm8k min(5,4) + 3; esnli 2; gsm8k_ii 4.
-  flan = {"flan2022_flan_glue_cola_2_0_0": 8, "flan2022_flan_anli_r1": 9}
-  cot_base = {"flan2022_cot_cot_gsm8k": 7, "flan2022_cot_cot_esnli": 2}
-  assert mixing.rates("flan2022_flan") == flan
-  assert mixing.rates("flan2022_cot_base") == cot_base
-  assert mixing.rates("flan2022_cot_ii") == {"flan2022_cot_cot_gsm8k_ii": 4}
+  # FLAN's mixing: each template type's tasks by min(rows, cap), the template types of a submix equally.
+  # flan: zs_opt cola min(6,4), anli 2; fs_opt cola min(5,4), anli 3; zs_noopt anli 4.
+  flan = {"flan2022_flan_glue_cola_2_0_0": (4 / 6 + 4 / 7) / 3, "flan2022_flan_anli_r1": (2 / 6 + 3 / 7 + 1) / 3}
+  # cot without its input-inversion task: zs_opt gsm8k min(5,4), esnli 2; fs_opt gsm8k 3.
+  cot_base = {"flan2022_cot_cot_gsm8k": (4 / 6 + 1) / 2, "flan2022_cot_cot_esnli": (2 / 6) / 2}
+  assert mixing.any_rates("flan2022_flan") == pytest.approx(flan)
+  assert mixing.any_rates("flan2022_cot_base") == pytest.approx(cot_base)
+  assert mixing.any_rates("flan2022_cot_ii") == {"flan2022_cot_cot_gsm8k_ii": 1.0}
   # Submix weights flan 0.4, cot 0.05; inside cot, the input-inversion tasks at 0.3 against 1.
-  expected = {**{t: 0.4 * r / 17 for t, r in flan.items()},
-              **{t: 0.05 * (1 / 1.3) * r / 9 for t, r in cot_base.items()},
+  expected = {**{t: 0.4 * r for t, r in flan.items()}, **{t: 0.05 * (1 / 1.3) * r for t, r in cot_base.items()},
               "flan2022_cot_cot_gsm8k_ii": 0.05 * 0.3 / 1.3}
-  assert mixing.rates("flan2022") == pytest.approx(expected)
+  assert mixing.any_rates("flan2022") == pytest.approx(expected)
+  assert collection.UNIT_RATES["flan2022_flan"][("anli_r1", "zs_noopt")] == pytest.approx(1 / 3)
 
   lines = listing.list_lines()
   assert any(line.startswith("flan2022_flan_anli_r1 ") and line.endswith("train 9") for line in lines)

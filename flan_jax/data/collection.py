@@ -5,11 +5,12 @@ mixtures capped and weighted as the paper's: `flan2022_<submix>_<task>` for each
 
     register_flan_collection("gs://my-bucket/flan_collection", vocabulary)
 
-Within a submix, a task's rate is its rows capped per template type: the sum over template types of
-min(rows, the submix's cap). FLAN mixes each template type separately with these caps, then the template types of
-a submix equally; both come to the same rates when every template type of a submix holds the same rows per
-task. The rows are already formatted (zero-/few-shot, with or without options): they are only
-tokenized.
+Rates are FLAN's: within a submix, each template type (zs_opt, fs_noopt, ...) mixes its tasks by rows capped at
+the submix's cap, min(rows, cap); the template types of a submix mix equally; CoT and Dialog mix their
+input-inversion tasks (`_ii`) apart, at 0.3 against 1; the submixes by WEIGHTS. A unit (task, template type)
+thus has a rate, UNIT_RATES[mixture] keeps them, and a task's rate in a seqio mixture is the sum over its
+template types. Training on these mixtures reads the files in one stream (flan_jax.data.collection_stream).
+The rows are already formatted (zero-/few-shot, with or without options): they are only tokenized.
 """
 
 import re
@@ -17,7 +18,6 @@ import re
 import seqio
 
 from flan_jax.data import collection_files
-from flan_jax.data.mixing import add_mixture
 from flan_jax.data.registration import _add, _tokenize_steps, output_features
 from flan_jax.errors import UserError
 
@@ -31,16 +31,18 @@ WEIGHTS = {"flan": 0.4, "t0": 0.32, "niv2": 0.2, "cot": 0.05, "dialog": 0.03}
 # CoT and Dialog mix their input-inversion tasks (names ending in _ii) at 0.3 against 1 for the rest:
 # google-research/FLAN flan/v2/mixtures.py, DEFAULT_MIXTURE_RATES ('CoT-II', 'Dialog-II'); same caps.
 INVERSION_WEIGHTS = {"cot": 0.3, "dialog": 0.3}
+UNIT_RATES: dict[str, dict] = {}  # mixture -> {(task name as in the files, template type): rate}
 
 
 class CollectionSource(seqio.DataSource):
   """One task's rows in the collection's files. Its shards are the files that hold some, so seqio splits them
   across hosts by file where there are enough files, else by example."""
 
-  def __init__(self, task: str, rows: collection_files.TaskRows):
+  def __init__(self, task: str, rows: collection_files.TaskRows, collection: collection_files.Collection):
     super().__init__(splits=["train"], num_input_examples={"train": sum(rows.counts.values())},
                      caching_permitted=False)
-    self._task, self._files = task, rows.files
+    self._files = rows.files
+    self.task, self.collection = task, collection  # the collection's stream reads tasks by these
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
@@ -56,12 +58,37 @@ class CollectionSource(seqio.DataSource):
     paths = list(self._files)
     if shard_info:
       paths = paths[shard_info.index::shard_info.num_shards]
-    return collection_files.task_rows(self._task, {p: self._files[p] for p in paths}, shuffle, seed)
+    return collection_files.task_rows(self.task, {p: self._files[p] for p in paths}, shuffle, seed)
 
 
-def task_rate(rows: collection_files.TaskRows, cap: int) -> int:
-  """The rows a task is mixed by: capped per template type."""
-  return sum(min(n, cap) for n in rows.counts.values())
+def submix_rates(submix: str, tasks: dict[str, collection_files.TaskRows]) -> dict:
+  """{(task, template type): rate} within one submix, summing to 1."""
+  groups = [[t for t in tasks if not t.endswith("_ii")], [t for t in tasks if t.endswith("_ii")]]
+  weights = [1.0, INVERSION_WEIGHTS[submix]] if submix in INVERSION_WEIGHTS and all(groups) else [1.0, 1.0]
+  if not all(groups):
+    groups, weights = [sorted(tasks)], [1.0]
+  out = {}
+  for group, weight in zip(groups, weights):
+    share = weight / sum(weights)
+    types = sorted({tt for t in group for tt in tasks[t].counts})
+    for template_type in types:
+      capped = {t: min(tasks[t].counts.get(template_type, 0), CAPS[submix]) for t in group}
+      total = sum(capped.values())
+      for t, n in capped.items():
+        if n:
+          out[(t, template_type)] = share / len(types) * n / total
+  return out
+
+
+def _add_mixture(name: str, units: dict, task_names: dict) -> None:
+  """A seqio mixture of the tasks of `units` at the sum of their units' rates."""
+  rates = {}
+  for (task, _), rate in units.items():
+    rates[task_names[task]] = rates.get(task_names[task], 0.0) + rate
+  if name in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.remove(name)
+  seqio.MixtureRegistry.add(name, sorted(rates.items()))
+  UNIT_RATES[name] = units
 
 
 def _safe(name: str) -> str:
@@ -70,27 +97,51 @@ def _safe(name: str) -> str:
 
 def register_flan_collection(directory: str, vocabulary: seqio.Vocabulary, prefix: str = "flan2022") -> list[str]:
   """Register the collection's files under `directory` (local or gs://); returns the mixture names."""
-  submixes = []
-  for submix, tasks in collection_files.index(directory).items():
+  collection = collection_files.Collection.index(directory)
+  everything, mixtures, names = {}, [], {}
+  for submix, tasks in collection.tasks.items():
     if not tasks:
       continue
-    components, inverted, seen = [], [], {}
     for task, rows in sorted(tasks.items()):
       name = f"{prefix}_{submix}_{_safe(task)}"
-      if name in seen:
-        raise UserError(f"{directory}: tasks {seen[name]!r} and {task!r} of {submix} would both be named {name}")
-      seen[name] = task
-      _add(name, source=CollectionSource(task, rows), output_features=output_features(vocabulary),
+      if name in names.values():
+        other = next(t for t, n in names.items() if n == name)
+        raise UserError(f"{directory}: tasks {other!r} and {task!r} of {submix} would both be named {name}")
+      names[task] = name
+      _add(name, source=CollectionSource(task, rows, collection), output_features=output_features(vocabulary),
            preprocessors=_tokenize_steps())
-      group = inverted if submix in INVERSION_WEIGHTS and task.endswith("_ii") else components
-      group.append((name, task_rate(rows, CAPS[submix])))
+    units = submix_rates(submix, tasks)
     mixture = f"{prefix}_{submix}"
-    if inverted and components:
-      add_mixture(f"{mixture}_base", components)
-      add_mixture(f"{mixture}_ii", inverted)
-      add_mixture(mixture, [(f"{mixture}_base", 1.0), (f"{mixture}_ii", INVERSION_WEIGHTS[submix])])
-    else:
-      add_mixture(mixture, components + inverted)
-    submixes.append((mixture, WEIGHTS[submix]))
-  add_mixture(prefix, submixes)
-  return [prefix] + [m for m, _ in submixes]
+    if submix in INVERSION_WEIGHTS and any(t.endswith("_ii") for t in tasks) and \
+        not all(t.endswith("_ii") for t in tasks):
+      for part, keep in (("base", lambda t: not t.endswith("_ii")), ("ii", lambda t: t.endswith("_ii"))):
+        part_units = {u: r for u, r in units.items() if keep(u[0])}
+        total = sum(part_units.values())
+        _add_mixture(f"{mixture}_{part}", {u: r / total for u, r in part_units.items()}, names)
+    _add_mixture(mixture, units, names)
+    everything.update({u: WEIGHTS[submix] * r for u, r in units.items()})
+    mixtures.append(mixture)
+  _add_mixture(prefix, everything, names)
+  return [prefix] + mixtures
+
+
+def stream(name: str, feature_lengths: dict, batch_size: int, seed: int | None = 0, shuffle: bool = True,
+           shard_info: seqio.ShardInfo | None = None, num_epochs: int | None = None):
+  """The packed batches of a task or mixture of one collection's tasks as one stream, or None when `name` has
+  other tasks (seqio's pipelines read those)."""
+  from flan_jax.data import collection_stream
+  provider = seqio.get_mixture_or_task(name)
+  tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+  sources = [t.source for t in tasks]
+  if not all(isinstance(s, CollectionSource) for s in sources) or len({id(s.collection) for s in sources}) > 1:
+    return None
+  if name in UNIT_RATES:
+    units = UNIT_RATES[name]
+  elif isinstance(provider, seqio.Mixture):
+    units = {(t.source.task, None): float(provider.get_rate(t)) for t in tasks}
+  else:
+    units = {(provider.source.task, None): 1.0}
+  shard = shard_info or seqio.ShardInfo(0, 1)
+  return collection_stream.Stream(units, sources[0].collection.files, provider.output_features["inputs"].vocabulary,
+                                  feature_lengths, batch_size, seed or 0, shard.index, shard.num_shards,
+                                  num_epochs, shuffle)

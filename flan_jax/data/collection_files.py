@@ -36,8 +36,11 @@ _JSONL = (".jsonl", ".jsonl.gz")
 # A name's JSON string in a row's raw line: a key cannot occur inside a string value, whose quotes are escaped.
 _FIELDS = {column: re.compile(rb'"%s"\s*:\s*"((?:[^"\\]|\\.)*)"' % column.encode())
            for column in ("_task_name", "_template_type")}
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 _LINES_PER_BATCH = 64  # lines a file gives at a time, parsed in one Python call
+# A JSON-lines file is read in chunks of this many lines; the index keeps where each starts (in uncompressed
+# bytes), so the collection stream can start reading at any chunk.
+CHUNK_LINES = 2_048
 
 
 @dataclasses.dataclass
@@ -91,11 +94,15 @@ def _json_string(raw: bytes) -> str:
 
 
 def _count_jsonl(path: str) -> dict:
-  """{task: {template type: rows}}, one line at a time. The two names are found without parsing the whole row;
-  the first row, and any row where they are not found so, is parsed whole (and checked)."""
-  counts, decoded = {}, {}
+  """{task: {template type: rows}} and where each chunk of CHUNK_LINES lines starts, one line at a time. The two
+  names are found without parsing the whole row; the first row, and any row where they are not found so, is
+  parsed whole (and checked)."""
+  counts, decoded, chunks, offset = {}, {}, [], 0
   with _open_lines(path) as lines:
-    for line_no, line in enumerate(lines, start=1):
+    for line_no, line in enumerate(_complete_lines(path, lines), start=1):
+      if line_no % CHUNK_LINES == 1:
+        chunks.append(offset)
+      offset += len(line)
       if not line.strip():
         continue
       found = [_FIELDS[column].search(line) for column in ("_task_name", "_template_type")]
@@ -108,7 +115,15 @@ def _count_jsonl(path: str) -> dict:
         task, template_type = _check_row(path, line_no, line)
       by_type = counts.setdefault(task, {})
       by_type[template_type] = by_type.get(template_type, 0) + 1
-  return {"tasks": counts}
+  return {"tasks": counts, "chunks": chunks, "lines": line_no if chunks else 0}
+
+
+def _complete_lines(path: str, lines):
+  """The lines of an open file; a damaged gzip stream is one error naming the file."""
+  try:
+    yield from lines
+  except (EOFError, OSError, gzip.BadGzipFile) as e:
+    raise UserError(f"{path}: damaged file ({e})") from None
 
 
 def _check_row(path: str, line_no: int, line: bytes) -> tuple[str, str]:
@@ -149,7 +164,12 @@ def _stat(path: str) -> tuple[int, int]:
 
 def _count_parquet(path: str) -> dict:
   """{task: {template type: rows}} and {task: [row groups]}, reading two columns of one row group at a time."""
-  reader = _parquet(path)
+  try:
+    reader = _parquet(path)
+  except UserError:
+    raise
+  except Exception as e:  # noqa: BLE001  (pyarrow's errors for a file that is not Parquet or is cut short)
+    raise UserError(f"{path}: damaged Parquet file ({str(e).splitlines()[0]})") from None
   complaint = _missing(reader.schema_arrow.names)
   if complaint:
     raise UserError(f"{path}: {complaint}")
@@ -216,21 +236,31 @@ def count_files(directory: str, paths: list[str]) -> dict[str, dict]:
   return out
 
 
-def index(directory: str) -> dict[str, dict[str, TaskRows]]:
-  """submix -> task name (as in `_task_name`) -> where its rows are."""
-  directory = directory.rstrip("/") if "://" in directory else os.path.abspath(directory)
-  files = find_files(directory)
-  counts = count_files(directory, [path for paths in files.values() for path in paths])
-  out = {}
-  for submix, paths in files.items():
-    tasks = out.setdefault(submix, {})
-    for path in paths:
-      for task, by_type in counts[path]["tasks"].items():
-        rows = tasks.setdefault(task, TaskRows())
-        for template_type, n in by_type.items():
-          rows.counts[template_type] = rows.counts.get(template_type, 0) + n
-        rows.files[path] = counts[path]["row_groups"][task] if is_parquet(path) else None
-  return out
+@dataclasses.dataclass
+class Collection:
+  """A collection folder's index: per file, its rows per task and template type and its chunks (Parquet row
+  groups holding each task, or where each chunk of JSON lines starts); per submix, where each task's rows are."""
+  directory: str
+  files: dict   # path -> {"tasks": {task: {template type: rows}}, "row_groups": {task: [groups]} or "chunks": [...]}
+  tasks: dict   # submix -> task name (as in `_task_name`) -> TaskRows
+
+  @classmethod
+  def index(cls, directory: str) -> "Collection":
+    directory = directory.rstrip("/") if "://" in directory else os.path.abspath(directory)
+    found = find_files(directory)
+    counts = count_files(directory, [path for paths in found.values() for path in paths])
+    tasks, submix_of = {}, {}
+    for submix, paths in found.items():
+      by_task = tasks.setdefault(submix, {})
+      for path in paths:
+        for task, by_type in counts[path]["tasks"].items():
+          if submix_of.setdefault(task, submix) != submix:
+            raise UserError(f"{directory}: task {task!r} has rows in both {submix_of[task]} and {submix} folders")
+          rows = by_task.setdefault(task, TaskRows())
+          for template_type, n in by_type.items():
+            rows.counts[template_type] = rows.counts.get(template_type, 0) + n
+          rows.files[path] = counts[path]["row_groups"][task] if is_parquet(path) else None
+    return cls(directory, counts, tasks)
 
 
 # --- reading one task's rows ---

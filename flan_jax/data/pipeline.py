@@ -6,6 +6,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from flan_jax.data import collection
 from flan_jax.data.preprocessors import unwrap_error
 from flan_jax.data.registration import get_provider
 from flan_jax.errors import UserError
@@ -25,11 +26,16 @@ def keep_tensorflow_off_accelerators() -> None:
 def get_dataset(name: str, split: str, feature_lengths: dict, seed: int | None = 0, shuffle: bool = True,
                 num_epochs: int | None = None, pack: bool = True, shard_info: seqio.ShardInfo | None = None,
                 batch_size: int | None = None) -> tf.data.Dataset:
-  """Model features for `name`; with batch_size, batched (remainder dropped, as training needs)."""
+  """Model features for `name`; with batch_size, batched (remainder dropped, as training needs). Packed batches
+  of the Flan 2022 collection's tasks come from its one stream (flan_jax.data.collection), not tf.data."""
   keep_tensorflow_off_accelerators()
   provider = get_provider(name)
   if split not in provider.splits:
     raise UserError(f"{name} has no split {split!r}; it has {sorted(provider.splits)}")
+  if pack and batch_size:
+    stream = collection.stream(name, feature_lengths, batch_size, seed, shuffle, shard_info, num_epochs)
+    if stream is not None:
+      return stream
   # seqio would cache small sources in memory; a tf.data checkpoint of that cache restores in time that grows
   # with the epochs read, so the training stream reads its (in-memory or TFDS) source directly.
   ds = provider.get_dataset(dict(feature_lengths), split=split, use_cached=False, shuffle=shuffle, seed=seed,
@@ -54,7 +60,7 @@ def iterate(ds_or_iterator):
       if user_error:
         raise user_error from None
       raise
-    yield tf.nest.map_structure(lambda t: t.numpy(), batch)
+    yield tf.nest.map_structure(lambda t: t if isinstance(t, np.ndarray) else t.numpy(), batch)
 
 
 def packing_efficiency(batches) -> dict:

@@ -1,0 +1,221 @@
+"""The Flan 2022 collection as one stream, on a synthetic collection of the published shape (1,897 tasks in
+fourteen template-type folders, scripts/synthetic_flan_collection.py) with short rows: the paper's mixture over
+100k drawn examples, packed features as seqio packs them, bitwise resume from a small saved position, hosts that
+never share a row, memory and threads that do not grow with the number of tasks, and damaged files named."""
+
+import collections
+import gzip
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+
+from flan_jax import checkpoints
+from flan_jax.data import collection, collection_stream, mixing, pipeline
+from flan_jax.errors import UserError
+from flan_jax.vocab import byte_vocabulary
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LENGTHS = {"inputs": 256, "targets": 32}
+
+
+def _generator():
+  spec = importlib.util.spec_from_file_location("synthetic", os.path.join(REPO, "scripts",
+                                                                         "synthetic_flan_collection.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+SCALE = 0.002  # 35k rows
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+  root = tmp_path_factory.mktemp("synthetic")
+  os.environ.setdefault("XDG_CACHE_HOME", str(root / "cache"))
+  written = _generator().generate(str(root / "flan"), SCALE, "parquet", log=lambda _: None,
+                                  inputs_chars=(20, 80), targets_chars=(4, 12))
+  collection.register_flan_collection(str(root / "flan"), byte_vocabulary(), prefix="synth")
+  return root / "flan", written
+
+
+def test_the_generator_is_deterministic_and_of_the_published_shape(tmp_path):
+  generator = _generator()
+  for out in ("a", "b"):
+    generator.generate(str(tmp_path / out), 0.0002, "jsonl.gz", log=lambda _: None, inputs_chars=(20, 40),
+                       targets_chars=(4, 8))
+  folders = sorted(os.listdir(tmp_path / "a"))
+  assert len(folders) == 14 and "niv2_fsopt_data" in folders and "t0_zsnoopt_data" in folders
+  for folder in folders:
+    for name in os.listdir(tmp_path / "a" / folder):
+      a, b = ((tmp_path / out / folder / name).read_bytes() for out in "ab")
+      assert gzip.decompress(a) == gzip.decompress(b)
+  counts = {s: len(generator.task_names(s)) for s in generator.SUBMIXES}
+  assert counts == {"flan": 120, "t0": 193, "niv2": 1554, "cot": 18, "dialog": 12}
+
+
+def _draw(stream, n):
+  """The (task, template type) of the first n kept examples, as the stream keeps them, window after window."""
+  out, epoch = [], 0
+  reader = collection_stream.Reader()
+  import concurrent.futures
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    while len(out) < n:
+      order = stream.order(epoch)
+      for w in range(-(-len(order) // collection_stream.WINDOW)):
+        chunks = order[w * collection_stream.WINDOW:(w + 1) * collection_stream.WINDOW]
+        out += [(e[2], e[3]) for e in stream.window_examples(epoch, w, chunks, reader, pool)]
+      epoch += 1
+  return out[:n]
+
+
+def test_100k_examples_follow_the_papers_mixture(synthetic):
+  """Submix shares within 1 point of 0.4 / 0.32 / 0.2 / 0.05 / 0.03, and every task's count within a chi-square
+  bound of its rate: the rates FLAN gives (each template type capped per task, template types equally,
+  input-inversion at 0.3), which the seqio mixture reports too."""
+  stream = collection.stream("synth", LENGTHS, 8)
+  drawn = _draw(stream, 100_000)
+  submix_of = {}
+  for task in seqio.get_mixture_or_task("synth").tasks:
+    submix_of[task.source.task] = task.name.split("_")[1]
+  shares = collections.Counter(submix_of[t] for t, _ in drawn)
+  for submix, weight in collection.WEIGHTS.items():
+    assert abs(shares[submix] / len(drawn) - weight) < 0.01, (submix, shares[submix] / len(drawn))
+  rates = mixing.any_rates("synth")
+  total = sum(rates.values())
+  expected = {seqio.get_mixture_or_task(name).source.task: len(drawn) * r / total for name, r in rates.items()}
+  counts = collections.Counter(t for t, _ in drawn)
+  big = [t for t, e in expected.items() if e >= 5]
+  small = [t for t in expected if t not in big]
+  observed = [counts[t] for t in big] + [sum(counts[t] for t in small)]
+  wanted = [expected[t] for t in big] + [sum(expected[t] for t in small)]
+  chi2 = sum((o - e) ** 2 / e for o, e in zip(observed, wanted))
+  dof = len(observed) - 1
+  assert dof > 200 and chi2 < dof + 5 * np.sqrt(2 * dof), (chi2, dof)
+  # the input-inversion tasks of CoT: 0.3 / 1.3 of its share
+  cot = [t for t, _ in drawn if submix_of[t] == "cot"]
+  assert abs(sum(t.endswith("_ii") for t in cot) / len(cot) - 0.3 / 1.3) < 0.03
+
+
+def test_rates_mix_template_types_as_flan_does(synthetic):
+  """Within a submix, each template type's tasks by min(rows, cap), the template types equally."""
+  units = collection.UNIT_RATES["synth_t0"]
+  by_type = collections.defaultdict(float)
+  for (_, template_type), rate in units.items():
+    by_type[template_type] += rate
+  assert sorted(by_type) == ["fs_noopt", "fs_opt", "zs_noopt", "zs_opt"]
+  assert all(abs(r - 0.25) < 1e-9 for r in by_type.values())
+  assert abs(sum(collection.UNIT_RATES["synth"].values()) - 1.0) < 1e-9
+
+
+def test_packed_rows_are_what_seqio_packs(synthetic):
+  stream = collection.stream("synth_cot", LENGTHS, 2)
+  examples = [("first question here", "yes", "t", "zs_opt"), ("a second one", "no way", "t", "zs_opt")]
+  ours = stream.pack(examples)
+  assert len(ours) == 1
+  vocab = byte_vocabulary()
+  ds = tf.data.Dataset.from_generator(
+      lambda: ({"inputs": vocab.encode(i) + [1], "targets": vocab.encode(t) + [1]} for i, t, _, _ in examples),
+      output_signature={"inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32)})
+  theirs = next(pipeline.iterate(seqio.EncDecFeatureConverter(pack=True)(ds, LENGTHS)))
+  for name in collection_stream.FEATURES:
+    np.testing.assert_array_equal(ours[0][name], theirs[name], err_msg=name)
+
+
+def test_resume_is_bitwise_from_a_small_state(synthetic, tmp_path):
+  stream = collection.stream("synth", LENGTHS, 8, seed=3)
+  it = iter(stream)
+  states, batches = [], []
+  for _ in range(120):
+    states.append(it.get_state())
+    batches.append(next(it))
+  it.close()
+  assert states[-1]["window"] > 0 or states[-1]["epoch"] > 0  # the run crosses a window
+  for at in (1, 37, 119):
+    resumed = iter(stream)
+    resumed.set_state(json.loads(json.dumps(states[at])))
+    for want in batches[at:at + 5]:
+      got = next(resumed)
+      assert all(np.array_equal(got[k], want[k]) for k in want)
+    resumed.close()
+  # through a checkpoint: a few bytes of JSON per process
+  mngr = checkpoints.manager(str(tmp_path / "ckpt"))
+  it = iter(stream)
+  for _ in range(37):
+    next(it)
+  checkpoints.save(mngr, 37, {"w": np.zeros(2)}, {"step": 37}, data_iterator=it)
+  state_file = next((tmp_path / "ckpt" / "37" / checkpoints.DATA).glob("*.json"))
+  assert state_file.stat().st_size < 1024
+  again = iter(stream)
+  checkpoints.restore_data_iterator(str(tmp_path / "ckpt"), again)
+  got = next(again)
+  assert all(np.array_equal(got[k], batches[37][k]) for k in got)
+  it.close()
+  again.close()
+
+
+def test_hosts_read_disjoint_rows_that_make_up_the_whole(synthetic):
+  def kept(index, num_shards):
+    stream = collection.stream("synth_flan", LENGTHS, 8, shard_info=seqio.ShardInfo(index, num_shards))
+    import concurrent.futures
+    order = stream.order(0)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+      return [e[:2] for w in range(-(-len(order) // collection_stream.WINDOW))
+              for e in stream.window_examples(0, w, order[w * collection_stream.WINDOW:(w + 1) *
+                                                          collection_stream.WINDOW], collection_stream.Reader(), pool)]
+  whole = kept(0, 1)
+  parts = [kept(i, 2) for i in range(2)]
+  assert parts[0] and parts[1]
+  assert collections.Counter(parts[0]) + collections.Counter(parts[1]) == collections.Counter(whole)
+
+
+MEMORY = """
+import os, resource, sys
+os.environ["XDG_CACHE_HOME"] = sys.argv[3]
+from flan_jax.data import collection, mixing
+from flan_jax.vocab import byte_vocabulary
+collection.register_flan_collection(sys.argv[1], byte_vocabulary(), prefix="m")
+import seqio
+names = sorted(t.name for t in seqio.get_mixture_or_task("m").tasks)[:int(sys.argv[2])]
+mixing.add_mixture("chosen", [(n, None) for n in names])
+it = iter(collection.stream("chosen", {"inputs": 256, "targets": 32}, 16))
+threads = 0
+for _ in range(200):
+  next(it)
+  threads = max(threads, int(open("/proc/self/status").read().split("Threads:")[1].split()[0]))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, threads)
+it.close()
+"""
+
+
+def test_memory_and_threads_do_not_grow_with_the_task_count(synthetic):
+  rss, threads = {}, {}
+  for tasks in (100, 1897):
+    out = subprocess.run([sys.executable, "-c", MEMORY, str(synthetic[0]), str(tasks), os.environ["XDG_CACHE_HOME"]],
+                         capture_output=True, text=True, check=True).stdout.split()
+    rss[tasks], threads[tasks] = int(out[0]), int(out[1])
+  assert rss[1897] < 1.1 * rss[100], rss
+  assert max(threads.values()) <= 64, threads
+
+
+def test_a_damaged_file_is_one_line_naming_it(tmp_path, monkeypatch):
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+  _generator().generate(str(tmp_path / "gz"), 0.0001, "jsonl.gz", log=lambda _: None, inputs_chars=(20, 40),
+                        targets_chars=(4, 8))
+  victim = tmp_path / "gz" / "cot_zsopt_data" / "part-00000.jsonl.gz"
+  victim.write_bytes(victim.read_bytes()[:-40])
+  with pytest.raises(UserError, match=f"{victim}: damaged file"):
+    collection.register_flan_collection(str(tmp_path / "gz"), byte_vocabulary(), prefix="bad")
+  _generator().generate(str(tmp_path / "pq"), 0.0001, "parquet", log=lambda _: None, inputs_chars=(20, 40),
+                        targets_chars=(4, 8))
+  victim = tmp_path / "pq" / "dialog_fsopt_data" / "part-00000.parquet"
+  victim.write_bytes(victim.read_bytes()[:100])
+  with pytest.raises(UserError, match=f"{victim}: damaged Parquet file"):
+    collection.register_flan_collection(str(tmp_path / "pq"), byte_vocabulary(), prefix="bad2")
