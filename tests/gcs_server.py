@@ -6,6 +6,9 @@ reads it back; each upload grew slower than the last), object listing honours st
 lists and deletes key ranges with them; ignored, a range delete wipes the bucket), the listen backlog holds every
 connection a client opens at once, downloads carry x-goog-generation (tensorstore needs it), objects have moveTo
 (gcsfs renames with it), and uploads honour ifGenerationMatch (conditional writes).
+
+Faults, for tests of retries: `GET /_faults?status=503&count=2&match=part-` makes the next 2 downloads of objects
+whose names contain `part-` answer 503 (`inject_faults` below, from the test's process).
 """
 
 import sys
@@ -39,7 +42,32 @@ def ls(request, response, storage, *args, **kwargs):
     storage.get_file_list = original
 
 
+_FAULTS = {"status": 0, "count": 0, "match": ""}
+
+
+def faults(request, response, storage, *args, **kwargs):
+  if _query(request, "status"):
+    _FAULTS.update(status=int(_query(request, "status")), count=int(_query(request, "count")),
+                   match=_query(request, "match") or "")
+  response.json({"pending": _FAULTS["count"]})
+
+
+def inject_faults(url: str, status: int = 0, count: int = 0, match: str = "") -> int:
+  """From a test: the server's next `count` downloads of objects named like `match` fail with `status`; without
+  a status, only how many injected faults are still to come."""
+  import json
+  import urllib.parse
+  import urllib.request
+  query = urllib.parse.urlencode({"status": status, "count": count, "match": match} if status else {})
+  return json.loads(urllib.request.urlopen(f"{url}/_faults?{query}").read())["pending"]
+
+
 def download(request, response, storage, *args, **kwargs):
+  if _FAULTS["count"] > 0 and _FAULTS["match"] in request.params.get("object_id", ""):
+    _FAULTS["count"] -= 1
+    response.status = HTTPStatus(_FAULTS["status"])
+    response.json({"error": {"code": _FAULTS["status"], "message": "injected fault"}})
+    return
   _original_download(request, response, storage, *args, **kwargs)
   try:
     obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
@@ -90,7 +118,7 @@ def patch_handlers():
       handlers[method] = replace.get(fn, fn)
   move_route = (r"^(?:/storage/v1)?/b/(?P<bucket_name>[-.\w]+)/o/(?P<object_id>.*[^/]+)/moveTo/o/"
                 r"(?P<dest_object_id>.*[^/]+)$", {server.POST: move})
-  server.HANDLERS = (move_route,) + tuple(server.HANDLERS)
+  server.HANDLERS = (move_route, (r"^/_faults$", {server.GET: faults})) + tuple(server.HANDLERS)
 
 
 def main():

@@ -8,6 +8,7 @@ import gzip
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -219,3 +220,15 @@ def test_a_damaged_file_is_one_line_naming_it(tmp_path, monkeypatch):
   victim.write_bytes(victim.read_bytes()[:100])
   with pytest.raises(UserError, match=f"{victim}: damaged Parquet file"):
     collection.register_flan_collection(str(tmp_path / "pq"), byte_vocabulary(), prefix="bad2")
+
+
+def test_training_on_the_collection_resumes_bitwise_from_the_saved_position(synthetic, tmp_path):
+  from test_train import assert_bitwise_equal, run_in_process
+  flags = ["--gin.MIXTURE_OR_TASK_NAME='synth'", "--gin.CheckpointConfig.period=2"]
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  run_in_process(straight, 4, *flags)
+  shutil.copytree(straight, resumed)
+  shutil.rmtree(os.path.join(resumed, "checkpoints", "4"))  # as if stopped after step 2
+  lines = run_in_process(resumed, 4, *flags)
+  assert "restored the input position at step 2" in lines
+  assert_bitwise_equal(straight, resumed, 4)

@@ -10,7 +10,7 @@ import seqio
 from etils import epath
 
 from flan_jax import checkpoints, cli, logs
-from flan_jax.data import collection_files, mixing
+from flan_jax.data import collection, collection_files, mixing
 from flan_jax.data.collection import register_flan_collection
 from flan_jax.vocab import byte_vocabulary
 from test_flan_collection import _read, sample  # noqa: F401 (a fixture)
@@ -157,3 +157,33 @@ def _fail_if_local(count):
     assert path.startswith("gs://"), path
     return count(path)
   return checked
+
+
+def test_the_collection_stream_reads_gcs_as_local_and_rides_out_429_and_503(gcs, tmp_path, monkeypatch):
+  """A synthetic collection (Parquet and gzip JSON lines) on gs://: the stream's batches equal the local copy's,
+  and with downloads failing transiently (HTTP 503, 429) they are retried and the batches are the same."""
+  from gcs_server import inject_faults
+  from test_collection_stream import _generator
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+  for fmt in ("parquet", "jsonl.gz"):
+    local = tmp_path / fmt
+    _generator().generate(str(local), 0.0002, fmt, log=lambda _: None, inputs_chars=(20, 60), targets_chars=(4, 8))
+    remote = epath.Path(f"{BUCKET}/synthetic_{fmt.replace('.', '_')}")
+    for path in local.rglob("*"):
+      if path.is_file():
+        (remote / path.relative_to(local)).write_bytes(path.read_bytes())
+    register_flan_collection(str(local), byte_vocabulary(), prefix="here")
+    register_flan_collection(str(remote), byte_vocabulary(), prefix="there")
+
+    def batches(prefix):
+      it = iter(collection.stream(prefix, {"inputs": 128, "targets": 16}, 4))
+      out = [next(it) for _ in range(30)]
+      it.close()
+      return out
+
+    want = batches("here")
+    for status, count in ((503, 3), (429, 2)):
+      inject_faults(gcs["STORAGE_EMULATOR_HOST"], status, count, match="part-")
+      got = batches("there")
+      assert inject_faults(gcs["STORAGE_EMULATOR_HOST"]) == 0  # every fault was met
+      assert all(np.array_equal(g[k], w[k]) for g, w in zip(got, want) for k in w), (fmt, status)

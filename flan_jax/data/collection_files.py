@@ -146,10 +146,7 @@ def _open_lines(path: str):
 
 
 def _parquet(path: str):
-  try:
-    import pyarrow.parquet as pq
-  except ImportError as e:
-    raise UserError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from e
+  import pyarrow.parquet as pq
   return pq.ParquetFile(epath.Path(path).open("rb"))
 
 

@@ -20,13 +20,17 @@ import collections
 import concurrent.futures
 import atexit
 import dataclasses
+import gzip
 import json
 import queue
 import threading
 import weakref
+import zlib
 
 import numpy as np
+import pyarrow
 import seqio
+from etils import epath
 
 from flan_jax.data import collection_files
 from flan_jax.errors import UserError
@@ -34,6 +38,10 @@ from flan_jax.errors import UserError
 WINDOW = 16       # chunks read, shuffled and packed together
 OPEN_ROWS = 8     # packed rows an example may still join
 READERS = 4       # chunks read at once
+
+
+def _first_line(e: Exception) -> str:
+  return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,13 +201,16 @@ class Reader:
       return self._jsonl(chunk)
     except UserError:
       raise
-    except Exception as e:  # noqa: BLE001  (pyarrow's and gzip's errors for a damaged file)
-      raise UserError(f"{chunk.path}: damaged file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
-          from None
+    except (EOFError, zlib.error, gzip.BadGzipFile, pyarrow.ArrowException) as e:
+      raise UserError(f"{chunk.path}: damaged file ({_first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001  (a storage error that outlasted its client's retries)
+      raise UserError(f"cannot read {chunk.path}: {type(e).__name__}: {_first_line(e)}") from None
 
   def _parquet(self, chunk: Chunk):
-    table = collection_files._parquet(chunk.path).read_row_group(  # noqa: SLF001
-        chunk.index, columns=["_task_name", "_template_type", "inputs", "targets"])
+    import pyarrow.parquet as pq
+    with epath.Path(chunk.path).open("rb") as f:
+      table = pq.ParquetFile(f).read_row_group(chunk.index,
+                                               columns=["_task_name", "_template_type", "inputs", "targets"])
     return tuple(table[c].to_pylist() for c in ("_task_name", "_template_type", "inputs", "targets"))
 
   def _jsonl(self, chunk: Chunk):
