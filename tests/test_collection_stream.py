@@ -4,6 +4,7 @@ fourteen template-type folders, scripts/synthetic_flan_collection.py) with short
 never share a row, memory and threads that do not grow with the number of tasks, and damaged files named."""
 
 import collections
+import concurrent.futures
 import gzip
 import importlib.util
 import json
@@ -37,6 +38,12 @@ def _generator():
 SCALE = 0.002  # 35k rows
 
 
+@pytest.fixture(autouse=True)
+def small_windows(monkeypatch):
+  """Windows of a few thousand rows, so that a short run crosses several."""
+  monkeypatch.setattr(collection_stream, "WINDOW_ROWS", 4096)
+
+
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
   root = tmp_path_factory.mktemp("synthetic")
@@ -66,12 +73,9 @@ def _draw(stream, n):
   """The (task, template type) of the first n kept examples, as the stream keeps them, window after window."""
   out, epoch = [], 0
   reader = collection_stream.Reader()
-  import concurrent.futures
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
     while len(out) < n:
-      order = stream.order(epoch)
-      for w in range(-(-len(order) // collection_stream.WINDOW)):
-        chunks = order[w * collection_stream.WINDOW:(w + 1) * collection_stream.WINDOW]
+      for w, chunks in enumerate(stream.windows(epoch)):
         out += [(e[2], e[3]) for e in stream.window_examples(epoch, w, chunks, reader, pool)]
       epoch += 1
   return out[:n]
@@ -165,12 +169,9 @@ def test_resume_is_bitwise_from_a_small_state(synthetic, tmp_path):
 def test_hosts_read_disjoint_rows_that_make_up_the_whole(synthetic):
   def kept(index, num_shards):
     stream = collection.stream("synth_flan", LENGTHS, 8, shard_info=seqio.ShardInfo(index, num_shards))
-    import concurrent.futures
-    order = stream.order(0)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-      return [e[:2] for w in range(-(-len(order) // collection_stream.WINDOW))
-              for e in stream.window_examples(0, w, order[w * collection_stream.WINDOW:(w + 1) *
-                                                          collection_stream.WINDOW], collection_stream.Reader(), pool)]
+      return [e[:2] for w, chunks in enumerate(stream.windows(0))
+              for e in stream.window_examples(0, w, chunks, collection_stream.Reader(), pool)]
   whole = kept(0, 1)
   parts = [kept(i, 2) for i in range(2)]
   assert parts[0] and parts[1]

@@ -36,7 +36,7 @@ _JSONL = (".jsonl", ".jsonl.gz")
 # A name's JSON string in a row's raw line: a key cannot occur inside a string value, whose quotes are escaped.
 _FIELDS = {column: re.compile(rb'"%s"\s*:\s*"((?:[^"\\]|\\.)*)"' % column.encode())
            for column in ("_task_name", "_template_type")}
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
 _LINES_PER_BATCH = 64  # lines a file gives at a time, parsed in one Python call
 # A JSON-lines file is read in chunks of this many lines; the index keeps where each starts (in uncompressed
 # bytes), so the collection stream can start reading at any chunk.
@@ -182,7 +182,8 @@ def _count_parquet(path: str) -> dict:
       groups = row_groups.setdefault(task, [])
       if not groups or groups[-1] != group:
         groups.append(group)
-  return {"tasks": counts, "row_groups": row_groups}
+  group_rows = [reader.metadata.row_group(g).num_rows for g in range(reader.num_row_groups)]
+  return {"tasks": counts, "row_groups": row_groups, "group_rows": group_rows}
 
 
 def _cache_path(directory: str) -> str:

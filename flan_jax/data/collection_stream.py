@@ -11,7 +11,7 @@ rows.
 
 An epoch interleaves the chunks of all files in a random order drawn from (seed, epoch), each file front to
 back (so gzip files are read once, sequentially); a host takes every num_shards-th chunk, so hosts never read
-the same row. Chunks are read WINDOW at a time; the kept rows of a window are shuffled, tokenized, cut as seqio
+the same row. Chunks are read a window (WINDOW_ROWS rows or more) at a time; the kept rows of a window are shuffled, tokenized, cut as seqio
 cuts them (the first length - 1 tokens, then EOS) and packed. The position is (epoch, window, packed rows given
 out of it): restoring it re-reads one window.
 """
@@ -35,7 +35,7 @@ from etils import epath
 from flan_jax.data import collection_files
 from flan_jax.errors import UserError
 
-WINDOW = 16       # chunks read, shuffled and packed together
+WINDOW_ROWS = 32_768  # rows read, shuffled and packed together (whole chunks)
 OPEN_ROWS = 8     # packed rows an example may still join
 READERS = 4       # chunks read at once
 
@@ -48,6 +48,7 @@ def _first_line(e: Exception) -> str:
 class Chunk:
   path: str
   index: int          # row group, or chunk of CHUNK_LINES lines
+  rows: int
   offset: int = 0     # JSON lines: where the chunk starts, in uncompressed bytes
 
 
@@ -85,9 +86,10 @@ class Stream:
       entry = files[path]
       if collection_files.is_parquet(path):
         groups = sorted({g for task in tasks & set(entry["tasks"]) for g in entry["row_groups"][task]})
-        self.chunks[path] = [Chunk(path, g) for g in groups]
+        self.chunks[path] = [Chunk(path, g, entry["group_rows"][g]) for g in groups]
       else:
-        self.chunks[path] = [Chunk(path, i, offset) for i, offset in enumerate(entry["chunks"])]
+        lines = lambda i: min(collection_files.CHUNK_LINES, entry["lines"] - i * collection_files.CHUNK_LINES)
+        self.chunks[path] = [Chunk(path, i, lines(i), offset) for i, offset in enumerate(entry["chunks"])]
     self.kept_share = sum(self.keep[u] * rows[u] for u in self.keep) / sum(
         sum(n for by_type in files[p]["tasks"].values() for n in by_type.values()) for p in self.files)
 
@@ -109,6 +111,17 @@ class Stream:
       chunks += self.chunks[path]
     order = np.argsort(np.concatenate(keys), kind="stable") if chunks else []
     return [chunks[i] for i in order][self.shard_index::self.num_shards]
+
+  def windows(self, epoch: int) -> list[list[Chunk]]:
+    """This host's chunks of `epoch` in windows of at least WINDOW_ROWS rows (the last one may have fewer)."""
+    windows, rows = [[]], 0
+    for chunk in self.order(epoch):
+      if rows >= WINDOW_ROWS:
+        windows.append([])
+        rows = 0
+      windows[-1].append(chunk)
+      rows += chunk.rows
+    return windows if windows[0] else []
 
   def window_examples(self, epoch: int, window: int, chunks: list[Chunk], reader: "Reader",
                       pool: concurrent.futures.Executor) -> list[tuple[str, str]]:
@@ -319,12 +332,12 @@ class _Windows:
 
   def _positions(self, epoch: int, window: int):
     while self.stream.epochs is None or epoch < self.stream.epochs:
-      order = self.stream.order(epoch)
-      if not order:
+      windows = self.stream.windows(epoch)
+      if not windows:
         raise UserError(f"shard {self.stream.shard_index} of {self.stream.num_shards} of the collection holds no "
                         f"chunk to read: fewer chunks than hosts")
-      for w in range(window, -(-len(order) // WINDOW)):
-        yield epoch, w, order[w * WINDOW:(w + 1) * WINDOW]
+      for w in range(window, len(windows)):
+        yield epoch, w, windows[w]
       epoch, window = epoch + 1, 0
 
   def _run(self, epoch: int, window: int):
