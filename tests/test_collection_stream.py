@@ -4,7 +4,6 @@ fourteen template-type folders, scripts/synthetic_flan_collection.py) with short
 never share a row, memory and threads that do not grow with the number of tasks, and damaged files named."""
 
 import collections
-import concurrent.futures
 import gzip
 import importlib.util
 import json
@@ -71,14 +70,7 @@ def test_the_generator_is_deterministic_and_of_the_published_shape(tmp_path):
 
 def _draw(stream, n):
   """The (task, template type) of the first n kept examples, as the stream keeps them, window after window."""
-  out, epoch = [], 0
-  reader = collection_stream.Reader()
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    while len(out) < n:
-      for w, chunks in enumerate(stream.windows(epoch)):
-        out += [(e[2], e[3]) for e in stream.window_examples(epoch, w, chunks, reader, pool)]
-      epoch += 1
-  return out[:n]
+  return [(e[2], e[3]) for _, e in zip(range(n), stream.examples())]
 
 
 def test_100k_examples_follow_the_papers_mixture(synthetic):
@@ -168,10 +160,9 @@ def test_resume_is_bitwise_from_a_small_state(synthetic, tmp_path):
 
 def test_hosts_read_disjoint_rows_that_make_up_the_whole(synthetic):
   def kept(index, num_shards):
-    stream = collection.stream("synth_flan", LENGTHS, 8, shard_info=seqio.ShardInfo(index, num_shards))
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-      return [e[:2] for w, chunks in enumerate(stream.windows(0))
-              for e in stream.window_examples(0, w, chunks, collection_stream.Reader(), pool)]
+    stream = collection.stream("synth_flan", LENGTHS, 8, shard_info=seqio.ShardInfo(index, num_shards),
+                               num_epochs=1)
+    return [e[:2] for e in stream.examples()]
   whole = kept(0, 1)
   parts = [kept(i, 2) for i in range(2)]
   assert parts[0] and parts[1]

@@ -123,6 +123,19 @@ class Stream:
       rows += chunk.rows
     return windows if windows[0] else []
 
+  def examples(self, epoch: int = 0):
+    """(inputs, targets, task, template type) of every kept row from `epoch` on, in the stream's order, before
+    tokenizing: what `tasks show` prints, and what the mixture tests count."""
+    reader = Reader()
+    try:
+      with concurrent.futures.ThreadPoolExecutor(READERS) as pool:
+        while self.epochs is None or epoch < self.epochs:
+          for w, chunks in enumerate(self.windows(epoch)):
+            yield from self.window_examples(epoch, w, chunks, reader, pool)
+          epoch += 1
+    finally:
+      reader.close()
+
   def window_examples(self, epoch: int, window: int, chunks: list[Chunk], reader: "Reader",
                       pool: concurrent.futures.Executor) -> list[tuple[str, str]]:
     """The kept (inputs, targets) of one window, in their shuffled order."""

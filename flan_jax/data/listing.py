@@ -3,7 +3,7 @@ exactly as the model sees them (decoded from the tokens, after truncation)."""
 
 import seqio
 
-from flan_jax.data import mixing
+from flan_jax.data import collection, mixing
 from flan_jax.data.pipeline import iterate
 from flan_jax.data.registration import get_provider
 
@@ -39,6 +39,17 @@ def list_lines() -> list[str]:
 
 def show_lines(name: str, split: str, n: int, feature_lengths: dict, seed: int = 0) -> list[str]:
   provider = get_provider(name)
+  stream = collection.stream(name, feature_lengths, 1, seed, num_epochs=1) if split == "train" else None
+  if stream is not None:  # the Flan 2022 collection: its examples as the training stream keeps them
+    lines = []
+    for i, example in zip(range(n), stream.examples()):
+      for key, text in zip(("inputs", "targets"), example):
+        tokens = stream.tokenize([text], feature_lengths[key])[0]
+        full = len(stream.vocabulary.encode(text)) + 1
+        cut = f", truncated from {full}" if full > len(tokens) else ""
+        lines += [f"--- example {i} {key} ({len(tokens)} tokens{cut}; {example[2]}, {example[3]})",
+                  stream.vocabulary.decode(tokens)]
+    return lines or [f"{name} split {split!r} has no examples"]
   keep_text = {"copy_pretokenized": True} if isinstance(provider, seqio.Mixture) else {}  # mixtures drop it
   ds = provider.get_dataset(feature_lengths, split=split, shuffle=False, seed=seed, num_epochs=1, **keep_text)
   vocabulary = provider.output_features["inputs"].vocabulary
