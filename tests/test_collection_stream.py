@@ -224,3 +224,26 @@ def test_training_on_the_collection_resumes_bitwise_from_the_saved_position(synt
   lines = run_in_process(resumed, 4, *flags)
   assert "restored the input position at step 2" in lines
   assert_bitwise_equal(straight, resumed, 4)
+
+
+def test_a_findings_task_subset_streams_with_flans_template_mix(synthetic):
+  """`flan-jax findings` draws tasks of the collection into a new seqio mixture: it streams too, each task at
+  its rate and, within it, its template types as FLAN mixes them."""
+  from flan_jax import findings
+  name = findings.mixture_subset("synth", 16, 0)
+  stream = collection.stream(name, LENGTHS, 4)
+  mixture = seqio.get_mixture_or_task(name)
+  rates = {t.source.task: mixture.get_rate(t) for t in mixture.tasks}
+  kept = collections.Counter(e[2] for _, e in zip(range(20_000), stream.examples()))
+  assert set(kept) <= set(rates) and len(kept) > 8
+  total, drawn = sum(rates.values()), sum(kept.values())
+  for task, rate in rates.items():  # each task at its rate (binomial spread: 4 standard deviations)
+    expected = drawn * rate / total
+    assert abs(kept[task] - expected) <= 4 * np.sqrt(expected) + 1, (task, kept[task], expected)
+  full = collection.UNIT_RATES["synth"]
+  for task in rates:  # within a task, its template types in the full mixture's proportions
+    mine = {tt: p for (t, tt), p in stream.keep.items() if t == task}
+    assert set(mine) == {tt for (t, tt) in full if t == task}
+  it = iter(stream)
+  assert next(it)["encoder_input_tokens"].shape == (4, LENGTHS["inputs"])
+  it.close()

@@ -43,6 +43,7 @@ class CollectionSource(seqio.DataSource):
                      caching_permitted=False)
     self._files = rows.files
     self.task, self.collection = task, collection  # the collection's stream reads tasks by these
+    self.template_shares = {}  # template type -> its share of the task's rate in FLAN's mixing
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
@@ -111,6 +112,10 @@ def register_flan_collection(directory: str, vocabulary: seqio.Vocabulary, prefi
       _add(name, source=CollectionSource(task, rows, collection), output_features=output_features(vocabulary),
            preprocessors=_tokenize_steps())
     units = submix_rates(submix, tasks)
+    for task in tasks:
+      shares = {tt: r for (t, tt), r in units.items() if t == task}
+      seqio.get_mixture_or_task(names[task]).source.template_shares = {
+          tt: r / sum(shares.values()) for tt, r in shares.items()}
     mixture = f"{prefix}_{submix}"
     if submix in INVERSION_WEIGHTS and any(t.endswith("_ii") for t in tasks) and \
         not all(t.endswith("_ii") for t in tasks):
@@ -137,10 +142,10 @@ def stream(name: str, feature_lengths: dict, batch_size: int, seed: int | None =
     return None
   if name in UNIT_RATES:
     units = UNIT_RATES[name]
-  elif isinstance(provider, seqio.Mixture):
-    units = {(t.source.task, None): float(provider.get_rate(t)) for t in tasks}
-  else:
-    units = {(provider.source.task, None): 1.0}
+  else:  # any other mixture of its tasks (findings' task subsets, a user's): each task's template types as FLAN's
+    rates = {t: float(provider.get_rate(t)) for t in tasks} if isinstance(provider, seqio.Mixture) else {provider: 1.0}
+    units = {(t.source.task, tt): rate * share for t, rate in rates.items()
+             for tt, share in t.source.template_shares.items()}
   shard = shard_info or seqio.ShardInfo(0, 1)
   return collection_stream.Stream(units, sources[0].collection.files, provider.output_features["inputs"].vocabulary,
                                   feature_lengths, batch_size, seed or 0, shard.index, shard.num_shards,

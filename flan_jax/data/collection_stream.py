@@ -3,22 +3,21 @@ the number of tasks, with a position that saves and restores in constant time.
 
 seqio's way, one pipeline per leaf task mixed by rate, holds 1,897 pipelines open for `flan2022` (FLAN's own
 mixture of it hangs for hours). Here every file is read once per epoch instead, in chunks (a Parquet row group,
-or CHUNK_LINES lines of JSON lines), and each row is kept with its mix unit's probability: a unit is (task,
-template type) for the collection's own mixtures (flan_jax.data.collection.UNIT_RATES, the way FLAN mixes
-template types), else a task at its mixture rate. Keeping unit u with probability rate_u / rows_u, scaled so
-the largest is 1, gives each unit its share of the rate, as seqio's sampling does, without holding any unit's
-rows.
+or CHUNK_LINES lines of JSON lines), and each row is kept with its unit's probability. A unit is (task,
+template type), at its rate in FLAN's mixing (flan_jax.data.collection). Keeping unit u's rows with probability
+rate_u / rows_u, scaled so that the largest is 1, gives each unit its share of the rates, as seqio's sampling
+does, without holding any unit's rows.
 
 An epoch interleaves the chunks of all files in a random order drawn from (seed, epoch), each file front to
-back (so gzip files are read once, sequentially); a host takes every num_shards-th chunk, so hosts never read
-the same row. Chunks are read a window (WINDOW_ROWS rows or more) at a time; the kept rows of a window are shuffled, tokenized, cut as seqio
-cuts them (the first length - 1 tokens, then EOS) and packed. The position is (epoch, window, packed rows given
-out of it): restoring it re-reads one window.
+back (so a gzip file is decompressed once, in order); a host takes every num_shards-th chunk, so hosts never
+read the same row. Chunks are read a window (WINDOW_ROWS rows or more) at a time; the kept rows of a window are
+shuffled, tokenized, cut as seqio cuts them (the first length - 1 tokens, then EOS) and packed. The position is
+(epoch, window, packed rows given out of it): restoring it re-reads one window.
 """
 
+import atexit
 import collections
 import concurrent.futures
-import atexit
 import dataclasses
 import gzip
 import json
@@ -59,7 +58,7 @@ class Stream:
   def __init__(self, units: dict, files: dict, vocabulary: seqio.Vocabulary, feature_lengths: dict,
                batch_size: int, seed: int = 0, shard_index: int = 0, num_shards: int = 1, epochs: int | None = None,
                shuffle: bool = True):
-    """units: (raw task name, template type or None) -> rate; files: path -> {"tasks": {task: {type: rows}},
+    """units: (task name as in the files, template type) -> rate; files: path -> {"tasks": {task: {type: rows}},
     "row_groups" or "chunks"} (the collection index's per-file entries)."""
     self.vocabulary, self.lengths = vocabulary, dict(feature_lengths)
     self.batch_size, self.seed, self.epochs, self.shuffle = batch_size, seed, epochs, shuffle
@@ -69,15 +68,13 @@ class Stream:
       for task, by_type in entry["tasks"].items():
         for template_type, n in by_type.items():
           rows[(task, template_type)] += n
-          rows[(task, None)] += n
     self.keep = {}
     for unit, rate in units.items():
       if not rows[unit]:
-        raise UserError(f"no rows of {unit[0]}{f' ({unit[1]})' if unit[1] else ''} in the collection's files")
+        raise UserError(f"no rows of {unit[0]} ({unit[1]}) in the collection's files")
       self.keep[unit] = rate / rows[unit]
     top = max(self.keep.values())
     self.keep = {unit: p / top for unit, p in self.keep.items()}
-    self.by_task = {task for task, template_type in units if template_type is None}
     tasks = {task for task, _ in units}
     self.files = sorted(path for path, entry in files.items() if tasks & set(entry["tasks"]))
     self.file_ids = {path: i for i, path in enumerate(self.files)}
@@ -158,7 +155,7 @@ class Stream:
     draws = np.random.default_rng([self.seed, epoch, self.file_ids[chunk.path], chunk.index]).random(len(tasks))
     out = []
     for i, (task, template_type) in enumerate(zip(tasks, types)):
-      p = self.keep.get((task, None) if task in self.by_task else (task, template_type))
+      p = self.keep.get((task, template_type))
       if p is not None and draws[i] < p:
         out.append((inputs[i], targets[i], task, template_type))
     return out
