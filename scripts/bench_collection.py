@@ -74,10 +74,18 @@ def main():
     peak_threads = max(peak_threads, threads())
   wall, cpu = time.perf_counter() - begin, time.process_time() - cpu
   rows = args.batches * BATCH
+  restore = ""
+  if not args.per_task:  # a resume deep into the run: the middle of the second epoch
+    windows = len(ds.windows(1))
+    again = iter(ds)
+    begin = time.perf_counter()
+    again.set_state({"epoch": 1, "window": windows // 2, "row": 100})
+    next(again)
+    restore = f", resume at epoch 1 window {windows // 2} of {windows}: {time.perf_counter() - begin:.1f} s"
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
   print(f"{label} index+register {indexed:6.1f} s, first "
         f"batch {first:6.1f} s, peak RSS {rss:5.2f} GiB, threads {peak_threads:4d}, {rows / wall:6.1f} packed rows/s "
-        f"({rows / cpu:6.1f} per CPU-second)", flush=True)
+        f"({rows / cpu:6.1f} per CPU-second){restore}", flush=True)
   os._exit(0)  # seqio's per-task pipelines take long to tear down
 
 
