@@ -12,8 +12,9 @@ that has no first batch after --max_seconds is stopped and reported so.
 import argparse
 import os
 import resource
+import subprocess
 import sys
-import threading
+import tempfile
 import time
 
 BATCH = 64
@@ -25,21 +26,28 @@ def threads() -> int:
     return int(next(line for line in f if line.startswith("Threads:")).split()[1])
 
 
-def rss_gib() -> float:
-  with open("/proc/self/status") as f:
-    return int(next(line for line in f if line.startswith("VmRSS:")).split()[1]) / 2**20
+WATCHDOG = """
+import os, sys, time
+pid, label, max_rss, max_seconds = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+started, peak = time.time(), 0.0
+while os.path.exists(f"/proc/{pid}") and not os.path.exists(sys.argv[5]):
+  with open(f"/proc/{pid}/status") as f:
+    fields = dict(line.split(":", 1) for line in f)
+  peak = max(peak, int(fields["VmRSS"].split()[0]) / 2**20)
+  if peak > max_rss or time.time() - started > max_seconds:
+    print(f"{label}: no first batch; stopped after {time.time() - started:.0f} s at {peak:.1f} GiB RSS, "
+          f"{fields['Threads'].strip()} threads", flush=True)
+    os.kill(pid, 9)
+    break
+  time.sleep(0.2)
+"""
 
 
-def watchdog(label: str, max_rss_gib: float, max_seconds: float, started: float, done: threading.Event):
-  """Stops the process (and says why) when its memory or its wait for a first batch passes the limits."""
-  peak = 0.0
-  while not done.wait(0.5):
-    peak = max(peak, rss_gib())
-    elapsed = time.perf_counter() - started
-    if peak > max_rss_gib or elapsed > max_seconds:
-      print(f"{label}: no first batch; stopped after {elapsed:.0f} s at {peak:.1f} GiB RSS, {threads()} threads",
-            flush=True)
-      os._exit(1)
+def watchdog(label: str, max_rss_gib: float, max_seconds: float, done_file: str) -> subprocess.Popen:
+  """A separate process that stops this one (and says why) when its memory or its wait for a first batch passes
+  the limits: a thread here could not, while TensorFlow holds the interpreter building pipelines."""
+  return subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), label, str(max_rss_gib),
+                           str(max_seconds), done_file])
 
 
 def main():
@@ -60,13 +68,15 @@ def main():
   indexed = time.perf_counter() - started
   if args.per_task:
     collection.stream = lambda *a, **k: None  # seqio's pipelines, one per task
+  done = os.path.join(tempfile.mkdtemp(), "first_batch")
+  guard = watchdog(label, args.max_rss_gib, args.max_seconds, done)
+  begin = time.perf_counter()  # the first batch includes building the pipeline (seqio's mixture builds them all)
   ds = pipeline.get_dataset(args.mixture, "train", LENGTHS, seed=0, batch_size=BATCH)
   batches = pipeline.iterate(iter(ds))
-  begin, done = time.perf_counter(), threading.Event()
-  threading.Thread(target=watchdog, args=(label, args.max_rss_gib, args.max_seconds, begin, done), daemon=True).start()
   next(batches)
   first = time.perf_counter() - begin
-  done.set()
+  open(done, "w").close()
+  guard.wait()
   peak_threads = threads()
   begin, cpu = time.perf_counter(), time.process_time()
   for _ in range(args.batches):

@@ -73,9 +73,10 @@ def read(directory, subject, split):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, shared_data):
   """(flan-jax checkpoint, the transformers model and tokenizer of its export): Flan-T5-small's architecture at a
-  narrow width, random weights, the real vocabulary."""
+  narrow width and one layer each side (the protocol, not depth, is under test), random weights, the real
+  vocabulary."""
   root = tmp_path_factory.mktemp("mmlu_reference")
-  config = hf_reference.flan_t5_small_config(shared_data, num_layers=2, num_decoder_layers=2, dropout_rate=0.0,
+  config = hf_reference.flan_t5_small_config(shared_data, num_layers=1, num_decoder_layers=1, dropout_rate=0.0,
                                              **hf_reference.NARROW)
   hf_reference.build(config).save_pretrained(str(root / "random"))
   ckpt = hf.import_hf(str(root / "random"), str(root / "ckpt"),
