@@ -4,6 +4,7 @@ fourteen template-type folders, scripts/synthetic_flan_collection.py) with short
 never share a row, memory and threads that do not grow with the number of tasks, and damaged files named."""
 
 import collections
+import copy
 import gzip
 import importlib.util
 import json
@@ -111,6 +112,13 @@ def test_rates_mix_template_types_as_flan_does(synthetic):
   assert sorted(by_type) == ["fs_noopt", "fs_opt", "zs_noopt", "zs_opt"]
   assert all(abs(r - 0.25) < 1e-9 for r in by_type.values())
   assert abs(sum(collection.UNIT_RATES["synth"].values()) - 1.0) < 1e-9
+
+
+def test_tokens_are_seqios_with_the_t5_vocabulary(synthetic, t5_vocab):
+  stream = copy.copy(collection.stream("synth_cot", LENGTHS, 2))
+  stream.vocabulary = t5_vocab
+  texts = ["Premise: a man sleeps.\n\nOPTIONS:\n- yes\n- no", "Ünïcödé  spaces\tand tabs", "", "x " * 400]
+  assert stream.tokenize(texts, 64) == [list(t5_vocab.encode(t))[:63] + [1] for t in texts]  # cut, then EOS
 
 
 def test_packed_rows_are_what_seqio_packs(synthetic):

@@ -87,8 +87,6 @@ class Stream:
       else:
         lines = lambda i: min(collection_files.CHUNK_LINES, entry["lines"] - i * collection_files.CHUNK_LINES)
         self.chunks[path] = [Chunk(path, i, lines(i), offset) for i, offset in enumerate(entry["chunks"])]
-    self.kept_share = sum(self.keep[u] * rows[u] for u in self.keep) / sum(
-        sum(n for by_type in files[p]["tasks"].values() for n in by_type.values()) for p in self.files)
 
   def __iter__(self):
     return StreamIterator(self)
@@ -134,8 +132,8 @@ class Stream:
       reader.close()
 
   def window_examples(self, epoch: int, window: int, chunks: list[Chunk], reader: "Reader",
-                      pool: concurrent.futures.Executor) -> list[tuple[str, str]]:
-    """The kept (inputs, targets) of one window, in their shuffled order."""
+                      pool: concurrent.futures.Executor) -> list[tuple[str, str, str, str]]:
+    """The kept (inputs, targets, task, template type) of one window, in their shuffled order."""
     by_file = collections.defaultdict(list)  # a file's chunks in order, on one thread: a gzip file is read once
     for chunk in chunks:
       by_file[chunk.path].append(chunk)
