@@ -259,3 +259,16 @@ def test_a_findings_task_subset_streams_with_flans_template_mix(synthetic):
   it = iter(stream)
   assert next(it)["encoder_input_tokens"].shape == (4, LENGTHS["inputs"])
   it.close()
+
+
+def test_only_cot_and_dialog_mix_their_input_inversion_tasks_apart(synthetic):
+  """Flan's own `_ii` tasks are tasks like the others; CoT's get 0.3 / 1.3 of the submix."""
+  cot = collection.UNIT_RATES["synth_cot"]
+  assert abs(sum(r for (t, _), r in cot.items() if t.endswith("_ii")) / sum(cot.values()) - 0.3 / 1.3) < 1e-9
+  flan = collection.UNIT_RATES["synth_flan"]
+  base = [r for (t, tt), r in flan.items() if tt == "zs_opt" and not t.endswith("_ii")]
+  inverted = [r for (t, tt), r in flan.items() if tt == "zs_opt" and t.endswith("_ii")]
+  rows = synthetic[1]["flan"]
+  # within a template type every flan task is weighed by its capped rows alone, _ii or not
+  per_row = {t: r / min(-(-rows[t] // 4), collection.CAPS["flan"]) for (t, tt), r in flan.items() if tt == "zs_opt"}
+  assert base and inverted and max(per_row.values()) / min(per_row.values()) < 1 + 1e-9

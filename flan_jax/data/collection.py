@@ -64,10 +64,10 @@ class CollectionSource(seqio.DataSource):
 
 def submix_rates(submix: str, tasks: dict[str, collection_files.TaskRows]) -> dict:
   """{(task, template type): rate} within one submix, summing to 1."""
-  groups = [[t for t in tasks if not t.endswith("_ii")], [t for t in tasks if t.endswith("_ii")]]
-  weights = [1.0, INVERSION_WEIGHTS[submix]] if submix in INVERSION_WEIGHTS and all(groups) else [1.0, 1.0]
-  if not all(groups):
-    groups, weights = [sorted(tasks)], [1.0]
+  groups, weights = [sorted(tasks)], [1.0]
+  inverted = [t for t in groups[0] if t.endswith("_ii")]
+  if submix in INVERSION_WEIGHTS and inverted and len(inverted) < len(tasks):  # CoT and Dialog mix them apart
+    groups, weights = [[t for t in groups[0] if t not in inverted], inverted], [1.0, INVERSION_WEIGHTS[submix]]
   out = {}
   for group, weight in zip(groups, weights):
     share = weight / sum(weights)
