@@ -42,23 +42,23 @@ class DataIteratorHandler(ocp.CheckpointHandler):
   pointed at another endpoint)."""
 
   def save(self, directory: epath.Path, args: "DataIterator"):
-    import tensorflow as tf
     if hasattr(args.iterator, "get_state"):
       (directory / (_iterator_file() + ".json")).write_text(json.dumps(args.iterator.get_state()))
       return
+    import tensorflow as tf
     with tempfile.TemporaryDirectory() as staging:
       tf.train.Checkpoint(ds=args.iterator).write(os.path.join(staging, _iterator_file()))
       for name in os.listdir(staging):
         (directory / name).write_bytes(epath.Path(staging, name).read_bytes())
 
   def restore(self, directory: epath.Path, args: "DataIterator"):
-    import tensorflow as tf
     if hasattr(args.iterator, "set_state"):
       state = directory / (_iterator_file() + ".json")
       if not state.exists():
         raise UserError(f"{directory} holds a tf.data iterator, not the collection stream's position")
       args.iterator.set_state(json.loads(state.read_text()))
       return args.iterator
+    import tensorflow as tf
     with tempfile.TemporaryDirectory() as staging:
       for path in directory.glob(_iterator_file() + ".*"):
         epath.Path(staging, path.name).write_bytes(path.read_bytes())

@@ -13,6 +13,7 @@ template types. Training on these mixtures reads the files in one stream (flan_j
 The rows are already formatted (zero-/few-shot, with or without options): they are only tokenized.
 """
 
+import collections
 import re
 
 import seqio
@@ -99,23 +100,22 @@ def _safe(name: str) -> str:
 def register_flan_collection(directory: str, vocabulary: seqio.Vocabulary, prefix: str = "flan2022") -> list[str]:
   """Register the collection's files under `directory` (local or gs://); returns the mixture names."""
   collection = collection_files.Collection.index(directory)
-  everything, mixtures, names = {}, [], {}
+  everything, mixtures, names, task_of = {}, [], {}, {}
   for submix, tasks in collection.tasks.items():
     if not tasks:
       continue
+    units = submix_rates(submix, tasks)
+    shares = collections.defaultdict(dict)  # task -> template type -> its rate
+    for (task, template_type), rate in units.items():
+      shares[task][template_type] = rate
     for task, rows in sorted(tasks.items()):
       name = f"{prefix}_{submix}_{_safe(task)}"
-      if name in names.values():
-        other = next(t for t, n in names.items() if n == name)
-        raise UserError(f"{directory}: tasks {other!r} and {task!r} of {submix} would both be named {name}")
-      names[task] = name
-      _add(name, source=CollectionSource(task, rows, collection), output_features=output_features(vocabulary),
-           preprocessors=_tokenize_steps())
-    units = submix_rates(submix, tasks)
-    for task in tasks:
-      shares = {tt: r for (t, tt), r in units.items() if t == task}
-      seqio.get_mixture_or_task(names[task]).source.template_shares = {
-          tt: r / sum(shares.values()) for tt, r in shares.items()}
+      if name in task_of:
+        raise UserError(f"{directory}: tasks {task_of[name]!r} and {task!r} of {submix} would both be named {name}")
+      names[task], task_of[name] = name, task
+      source = CollectionSource(task, rows, collection)
+      source.template_shares = {tt: r / sum(shares[task].values()) for tt, r in shares[task].items()}
+      _add(name, source=source, output_features=output_features(vocabulary), preprocessors=_tokenize_steps())
     mixture = f"{prefix}_{submix}"
     if submix in INVERSION_WEIGHTS and any(t.endswith("_ii") for t in tasks) and \
         not all(t.endswith("_ii") for t in tasks):

@@ -137,12 +137,8 @@ class Stream:
     by_file = collections.defaultdict(list)  # a file's chunks in order, on one thread: a gzip file is read once
     for chunk in chunks:
       by_file[chunk.path].append(chunk)
-    read = lambda file_chunks: [self._kept(epoch, c, reader.read(c)) for c in file_chunks]
-    parts = dict(zip(by_file, pool.map(read, by_file.values())))
-    kept = []
-    for path, file_chunks in by_file.items():
-      for part in parts[path]:
-        kept += part
+    read = lambda file_chunks: [e for c in file_chunks for e in self._kept(epoch, c, reader.read(c))]
+    kept = [e for part in pool.map(read, by_file.values()) for e in part]
     if self.shuffle:
       order = np.random.default_rng([self.seed, epoch, window, self.shard_index]).permutation(len(kept))
       kept = [kept[i] for i in order]
